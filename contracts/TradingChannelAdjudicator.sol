@@ -1,0 +1,682 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IERC20Metadata} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Metadata.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
+import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
+import {ChannelHashing} from "./ChannelHashing.sol";
+import {BatchPrice, ChannelHeader, ChannelParams, Market, Order, Outcome, State} from "./ChannelTypes.sol";
+
+/// @title Trading channel adjudicator
+/// @notice Holds the ERC-20 collateral of every trader-broker channel, accepts the latest
+/// co-signed state, runs disputes with a bounded challenge period, and pays out at conclusion,
+/// settling synthetic positions at a Chainlink-compatible oracle price.
+/// @dev Deadline rule (MISSION.md, "The channel on-chain", item 5). Let d be the channel's
+/// challenge duration and t0 the time of the challenge.
+///  - Refutation phase: a strictly newer co-signed state is accepted while now < t0 + d.
+///    The counterparty of a challenger always has the whole phase (d) to answer it.
+///  - Response window: every registration (challenge or refute) at time t sets the deadline to
+///    t + d, so whoever did not register last keeps at least d before conclusion, whatever the
+///    other side does and however late in the phase it acts.
+///  - Bound: the last registration happens before t0 + d, so every dispute concludes by t0 + 2d.
+/// Deposits are refused during a dispute, so for a registered state without open orders or
+/// positions the payouts are already known: they are computed at registration and `conclude`
+/// needs no state. A state with positions or open orders is registered by its fingerprint and
+/// concluded with `concludeWithState`, at the oracle price.
+/// Payouts are pushed at conclusion; a transfer the token refuses (a blacklisted recipient, say)
+/// is credited to `withdrawable` instead, so one recipient can never block the other.
+contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
+    /// @notice Life cycle of a channel.
+    enum Stage {
+        Open,
+        Disputed,
+        Concluded
+    }
+
+    /// @dev One storage slot per channel: what each party deposited and where the dispute stands.
+    struct Channel {
+        uint64 traderDeposit;
+        uint64 brokerDeposit;
+        Stage stage;
+        uint40 disputeStart;
+        uint40 deadline;
+    }
+
+    /// @notice What a dispute has registered.
+    enum Kind {
+        None,
+        // A state with open orders or positions: `data` is its fingerprint (the low 160 bits of
+        // its EIP-712 digest) and it concludes with `concludeWithState`.
+        Fingerprint,
+        // A state without open orders or positions: `data` is the trader's payout.
+        Settled,
+        // As Settled, and a party's deposit fell short of the state's: every deposit goes back.
+        SettledUnderfunded,
+        // `challengeWithoutState`: every deposit goes back unless a co-signed state refutes it.
+        NoState
+    }
+
+    /// @dev One storage slot per dispute.
+    struct Registration {
+        Kind kind;
+        uint48 version;
+        uint160 data;
+    }
+
+    /// @notice What `getChannel` returns.
+    struct ChannelStatus {
+        Stage stage;
+        uint256 traderDeposit;
+        uint256 brokerDeposit;
+        uint256 disputeStart;
+        uint256 deadline;
+        Kind kind;
+        uint256 registeredVersion;
+        uint256 data;
+    }
+
+    /// @notice Shortest challenge duration a channel may choose.
+    uint256 public constant MIN_CHALLENGE_DURATION = 1 hours;
+    /// @notice Longest challenge duration a channel may choose.
+    uint256 public constant MAX_CHALLENGE_DURATION = 30 days;
+    /// @notice Most markets one channel may trade.
+    uint256 public constant MAX_MARKETS = 16;
+    /// @notice Most open orders one state may hold.
+    uint256 public constant MAX_OPEN_ORDERS = 64;
+    /// @notice After the deadline plus this delay, a position whose oracle gives no fresh price
+    /// settles at the feed's latest valid answer however old, or at zero value if there is none,
+    /// so that a dead feed cannot lock a channel's funds forever.
+    uint256 public constant ORACLE_FALLBACK_DELAY = 7 days;
+    /// @notice Largest number of decimals accepted from a feed or from the collateral token.
+    uint256 public constant MAX_DECIMALS = 18;
+    /// @notice Cap on deposits per channel (both parties together): balances stay below 2^63.
+    uint256 public constant MAX_CHANNEL_HOLDINGS = 2 ** 63 - 1;
+
+    uint256 internal constant MAX_ORACLE_ANSWER = 2 ** 128 - 1;
+    uint256 internal constant DECIMALS_NOT_READ = type(uint256).max;
+    uint256 internal constant DECIMALS_UNREADABLE = MAX_DECIMALS + 1;
+
+    mapping(bytes32 channelId => Channel) internal _channels;
+    mapping(bytes32 channelId => Registration) internal _registrations;
+
+    /// @notice Payouts the token refused to push, claimable with `withdraw`.
+    mapping(address token => mapping(address account => uint256)) public withdrawable;
+
+    // ------------------------------------------------------------------ events
+
+    /// @notice `amount` (what actually arrived) was deposited to `participant`'s side.
+    event Deposited(bytes32 indexed channelId, address indexed participant, uint256 amount, uint256 participantTotal);
+    /// @notice A dispute started with a co-signed state.
+    event Challenged(bytes32 indexed channelId, address indexed challenger, uint256 version, uint256 deadline);
+    /// @notice A dispute started without any co-signed state (every deposit goes back unless refuted).
+    event ChallengedWithoutState(bytes32 indexed channelId, address indexed challenger, uint256 deadline);
+    /// @notice A strictly newer co-signed state replaced the registered one.
+    event Refuted(bytes32 indexed channelId, address indexed refuter, uint256 version, uint256 deadline);
+    /// @notice The channel closed cooperatively with a final state. `underfunded` as in `Concluded`.
+    event Closed(bytes32 indexed channelId, uint256 version, uint256 toTrader, uint256 toBroker, bool underfunded);
+    /// @notice A dispute concluded after its deadline. `underfunded` is true when a party's
+    /// deposit fell short of what the state accounts for, in which case every deposit went back.
+    event Concluded(bytes32 indexed channelId, uint256 toTrader, uint256 toBroker, bool underfunded);
+    /// @notice A market's position was valued with the fallback rule (see ORACLE_FALLBACK_DELAY).
+    event OracleFallbackUsed(bytes32 indexed channelId, uint256 indexed market, uint256 price);
+    /// @notice The token refused a payout; it is credited to `withdrawable`.
+    event PayoutDeferred(address indexed token, address indexed account, uint256 amount);
+    /// @notice A deferred payout was withdrawn.
+    event Withdrawn(address indexed token, address indexed account, address to, uint256 amount);
+
+    // ------------------------------------------------------------------ errors
+
+    /// @notice Trader or broker is the zero address, or they are the same address.
+    error InvalidParticipants(address trader, address broker);
+    /// @notice The collateral token is the zero address.
+    error InvalidToken();
+    /// @notice The challenge duration is outside [MIN_CHALLENGE_DURATION, MAX_CHALLENGE_DURATION].
+    error ChallengeDurationOutOfRange(uint256 duration);
+    /// @notice More than MAX_MARKETS markets.
+    error TooManyMarkets(uint256 count);
+    /// @notice The address is neither the trader nor the broker of the channel.
+    error NotParticipant(address account);
+    /// @notice A deposit of zero, or one that delivered nothing.
+    error ZeroDeposit();
+    /// @notice The deposit would take the channel's holdings above MAX_CHANNEL_HOLDINGS.
+    error DepositOutOfBounds(uint256 holdings);
+    /// @notice The channel is in a dispute.
+    error ChannelDisputed(bytes32 channelId);
+    /// @notice The channel has concluded; nothing more can happen to it.
+    error ChannelConcluded(bytes32 channelId);
+    /// @notice The channel is not in a dispute.
+    error ChannelNotDisputed(bytes32 channelId);
+    /// @notice The state belongs to another channel.
+    error WrongChannel(bytes32 expected, bytes32 actual);
+    /// @notice The state has a different number of outcomes than the channel has markets.
+    error OutcomeCountMismatch(uint256 outcomes, uint256 markets);
+    /// @notice The state holds more than MAX_OPEN_ORDERS open orders.
+    error TooManyOpenOrders(uint256 count);
+    /// @notice The signature is not 65 bytes or does not recover to any address.
+    error MalformedSignature();
+    /// @notice The signature's s value is in the upper half of the curve order (malleable).
+    error MalleableSignature();
+    /// @notice The signature recovers to someone other than the expected signer.
+    error WrongSigner(address expected, address recovered);
+    /// @notice The caller is not a participant and carries no valid authorisation of one.
+    error NotAuthorized(address caller);
+    /// @notice The state is not marked final.
+    error StateNotFinal();
+    /// @notice A final state must have no open orders and no positions.
+    error FinalStateNotSettled();
+    /// @notice The state is not strictly newer than the registered one.
+    error VersionNotNewer(uint256 registeredVersion, uint256 version);
+    /// @notice The refutation phase ended at `refutationEnd`.
+    error RefutationPhaseOver(uint256 refutationEnd);
+    /// @notice The dispute's deadline has not passed yet.
+    error DeadlineNotReached(uint256 deadline);
+    /// @notice The state given is not the registered one.
+    error StateMismatch();
+    /// @notice The registered state has open orders or positions: use `concludeWithState`.
+    error StateRequired();
+    /// @notice The registered state needs no state to conclude: use `conclude`.
+    error StateNotRequired();
+    /// @notice No fresh, valid oracle price for market `market`, and the fallback delay has not passed.
+    error OraclePriceUnavailable(uint256 market, uint256 fallbackAt);
+    /// @notice A payout transfer ran out of gas: retry with a higher gas limit.
+    error InsufficientGasForPayout();
+    /// @notice Nothing is credited to `account` in `token`.
+    error NothingToWithdraw(address token, address account);
+
+    constructor() EIP712("TradingChannels", "1") {}
+
+    // ------------------------------------------------------------------ funding
+
+    /// @notice Deposit collateral to one side of a channel. Anyone may pay; the deposit is
+    /// credited to `participant` and, if the concluded state does not account for it, goes back
+    /// to `participant`. Each side has its own counter, so two deposits never race.
+    /// @dev Credits the amount that actually arrived, so a token that takes a fee on transfer is
+    /// accounted for exactly. The caller must have approved `amount` to this contract.
+    /// @param header The channel's parameters (markets by count and hash).
+    /// @param participant The trader or the broker.
+    /// @param amount Token base units to transfer from the caller.
+    function deposit(ChannelHeader calldata header, address participant, uint256 amount) external nonReentrant {
+        bytes32 channelId = _channelId(header);
+        bool toTrader = participant == header.trader;
+        if (!toTrader && participant != header.broker) revert NotParticipant(participant);
+        if (amount == 0) revert ZeroDeposit();
+        Channel memory c = _channels[channelId];
+        _requireOpen(channelId, c);
+
+        IERC20 token = IERC20(header.token);
+        uint256 balanceBefore = token.balanceOf(address(this));
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = token.balanceOf(address(this)) - balanceBefore;
+        if (received == 0) revert ZeroDeposit();
+
+        uint256 holdings = uint256(c.traderDeposit) + c.brokerDeposit + received;
+        if (holdings > MAX_CHANNEL_HOLDINGS) revert DepositOutOfBounds(holdings);
+        uint256 participantTotal;
+        if (toTrader) {
+            participantTotal = c.traderDeposit + received;
+            c.traderDeposit = uint64(participantTotal);
+        } else {
+            participantTotal = c.brokerDeposit + received;
+            c.brokerDeposit = uint64(participantTotal);
+        }
+        _channels[channelId] = c;
+        emit Deposited(channelId, participant, received, participantTotal);
+    }
+
+    // ------------------------------------------------------------------ cooperative close
+
+    /// @notice Close the channel at once with a final state signed by both parties, and pay out.
+    /// Allowed while the channel is open, and during a dispute when the final state is newer
+    /// than the registered one.
+    /// @param header The channel's parameters (markets by count and hash).
+    /// @param state A state with `isFinal` set, no open orders and no positions.
+    /// @param traderSignature The trader's EIP-712 signature of `state`.
+    /// @param brokerSignature The broker's EIP-712 signature of `state`.
+    function close(
+        ChannelHeader calldata header,
+        State calldata state,
+        bytes calldata traderSignature,
+        bytes calldata brokerSignature
+    ) external nonReentrant {
+        bytes32 channelId = _channelId(header);
+        if (!state.isFinal) revert StateNotFinal();
+        if (!_isSettled(state)) revert FinalStateNotSettled();
+        Channel memory c = _channels[channelId];
+        if (c.stage == Stage.Concluded) revert ChannelConcluded(channelId);
+        if (c.stage == Stage.Disputed) {
+            Registration memory r = _registrations[channelId];
+            if (r.kind != Kind.NoState && state.version <= r.version) revert VersionNotNewer(r.version, state.version);
+            delete _registrations[channelId];
+        }
+        _verifyCoSigned(channelId, header, state, traderSignature, brokerSignature);
+
+        (uint256 toTrader, bool underfunded) = _settledPayout(state, c);
+        uint256 toBroker = uint256(c.traderDeposit) + c.brokerDeposit - toTrader;
+        _markConcluded(channelId, c);
+        emit Closed(channelId, state.version, toTrader, toBroker, underfunded);
+        _pay(header.token, header.trader, toTrader);
+        _pay(header.token, header.broker, toBroker);
+    }
+
+    // ------------------------------------------------------------------ disputes
+
+    /// @notice Start a dispute by registering a co-signed state; the deadline is now plus the
+    /// channel's challenge duration. Callable by the trader, the broker, or anyone carrying a
+    /// participant's EIP-712 `ChallengeAuthorization` for this channel and the caller's address.
+    /// @param header The channel's parameters (markets by count and hash).
+    /// @param state Any state both parties signed.
+    /// @param traderSignature The trader's EIP-712 signature of `state`.
+    /// @param brokerSignature The broker's EIP-712 signature of `state`.
+    /// @param authorization Empty for a participant; otherwise a participant's signature of
+    /// ChallengeAuthorization{channelId, agent: msg.sender}.
+    function challenge(
+        ChannelHeader calldata header,
+        State calldata state,
+        bytes calldata traderSignature,
+        bytes calldata brokerSignature,
+        bytes calldata authorization
+    ) external {
+        bytes32 channelId = _channelId(header);
+        _requireChallenger(channelId, header, authorization);
+        Channel memory c = _channels[channelId];
+        _requireOpen(channelId, c);
+        bytes32 digest = _verifyCoSigned(channelId, header, state, traderSignature, brokerSignature);
+
+        uint256 deadline = block.timestamp + header.challengeDuration;
+        c.stage = Stage.Disputed;
+        c.disputeStart = uint40(block.timestamp);
+        c.deadline = uint40(deadline);
+        _channels[channelId] = c;
+        _registrations[channelId] = _registration(state, digest, c);
+        emit Challenged(channelId, msg.sender, state.version, deadline);
+    }
+
+    /// @notice Start a dispute without any co-signed state. Unless someone refutes it with a
+    /// co-signed state, every deposit goes back to its participant at conclusion: funds deposited
+    /// before the version-0 state was co-signed are never locked.
+    /// @param header The channel's parameters (markets by count and hash).
+    /// @param authorization As in `challenge`.
+    function challengeWithoutState(ChannelHeader calldata header, bytes calldata authorization) external {
+        bytes32 channelId = _channelId(header);
+        _requireChallenger(channelId, header, authorization);
+        Channel memory c = _channels[channelId];
+        _requireOpen(channelId, c);
+
+        uint256 deadline = block.timestamp + header.challengeDuration;
+        c.stage = Stage.Disputed;
+        c.disputeStart = uint40(block.timestamp);
+        c.deadline = uint40(deadline);
+        _channels[channelId] = c;
+        _registrations[channelId] = Registration(Kind.NoState, 0, 0);
+        emit ChallengedWithoutState(channelId, msg.sender, deadline);
+    }
+
+    /// @notice Replace the registered state with a strictly newer co-signed one. Anyone may
+    /// refute (it only ever moves the channel forward), while the refutation phase lasts
+    /// (challenge time + challenge duration); the deadline becomes now + challenge duration.
+    /// @param header The channel's parameters (markets by count and hash).
+    /// @param state A co-signed state with a higher version than the registered one.
+    /// @param traderSignature The trader's EIP-712 signature of `state`.
+    /// @param brokerSignature The broker's EIP-712 signature of `state`.
+    function refute(
+        ChannelHeader calldata header,
+        State calldata state,
+        bytes calldata traderSignature,
+        bytes calldata brokerSignature
+    ) external {
+        bytes32 channelId = _channelId(header);
+        Channel memory c = _channels[channelId];
+        _requireDisputed(channelId, c);
+        uint256 refutationEnd = uint256(c.disputeStart) + header.challengeDuration;
+        if (block.timestamp >= refutationEnd) revert RefutationPhaseOver(refutationEnd);
+        Registration memory r = _registrations[channelId];
+        if (r.kind != Kind.NoState && state.version <= r.version) revert VersionNotNewer(r.version, state.version);
+        bytes32 digest = _verifyCoSigned(channelId, header, state, traderSignature, brokerSignature);
+
+        uint256 deadline = block.timestamp + header.challengeDuration;
+        c.deadline = uint40(deadline);
+        _channels[channelId] = c;
+        _registrations[channelId] = _registration(state, digest, c);
+        emit Refuted(channelId, msg.sender, state.version, deadline);
+    }
+
+    /// @notice After the deadline, anyone may conclude a dispute whose registered state has no
+    /// open orders and no positions (or that registered no state): both payouts are pushed.
+    /// @param header The channel's parameters (markets by count and hash).
+    function conclude(ChannelHeader calldata header) external nonReentrant {
+        bytes32 channelId = _channelId(header);
+        Channel memory c = _channels[channelId];
+        _requireDeadlinePassed(channelId, c);
+        Registration memory r = _registrations[channelId];
+        uint256 toTrader;
+        bool underfunded;
+        if (r.kind == Kind.Settled || r.kind == Kind.SettledUnderfunded) {
+            toTrader = r.data;
+            underfunded = r.kind == Kind.SettledUnderfunded;
+        } else if (r.kind == Kind.NoState) {
+            toTrader = c.traderDeposit;
+        } else {
+            revert StateRequired();
+        }
+        _finish(channelId, header.trader, header.broker, header.token, c, toTrader, underfunded);
+    }
+
+    /// @notice After the deadline, anyone may conclude a dispute whose registered state has open
+    /// orders or positions: positions are valued at the oracle price, the locked collateral of
+    /// open orders returns to the trader, deposits the state does not account for return to
+    /// their participant, and both payouts are pushed.
+    /// @param params The channel's parameters, markets in full.
+    /// @param state The registered state.
+    function concludeWithState(ChannelParams calldata params, State calldata state) external nonReentrant {
+        ChannelHeader memory header = _header(params);
+        bytes32 channelId = _channelId(header);
+        Channel memory c = _channels[channelId];
+        _requireDeadlinePassed(channelId, c);
+        Registration memory r = _registrations[channelId];
+        if (r.kind != Kind.Fingerprint) revert StateNotRequired();
+        if (state.channelId != channelId) revert WrongChannel(channelId, state.channelId);
+        if (uint160(uint256(_hashTypedDataV4(ChannelHashing.hashState(state)))) != r.data) revert StateMismatch();
+
+        (uint256 toTrader, bool underfunded) = _payoutWithPositions(channelId, params, state, c);
+        _finish(channelId, params.trader, params.broker, params.token, c, toTrader, underfunded);
+    }
+
+    /// @notice Pay out a payout the token refused to push at conclusion. Anyone may trigger the
+    /// payment to `account` itself; only `account` may send it elsewhere.
+    /// @param token The collateral token.
+    /// @param account Whose credit to pay.
+    /// @param to Recipient (must be `account` unless the caller is `account`).
+    function withdraw(address token, address account, address to) external nonReentrant {
+        if (msg.sender != account && to != account) revert NotAuthorized(msg.sender);
+        uint256 amount = withdrawable[token][account];
+        if (amount == 0) revert NothingToWithdraw(token, account);
+        withdrawable[token][account] = 0;
+        emit Withdrawn(token, account, to, amount);
+        IERC20(token).safeTransfer(to, amount);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @notice The channel id of `header`, after checking it as every function does.
+    function channelId(ChannelHeader calldata header) external view returns (bytes32) {
+        return _channelId(header);
+    }
+
+    /// @notice The header of `params`: its markets reduced to their count and hash.
+    function headerOf(ChannelParams calldata params) external pure returns (ChannelHeader memory) {
+        return _header(params);
+    }
+
+    /// @notice Where a channel stands on-chain.
+    function getChannel(bytes32 id) external view returns (ChannelStatus memory status) {
+        Channel memory c = _channels[id];
+        Registration memory r = _registrations[id];
+        status.stage = c.stage;
+        status.traderDeposit = c.traderDeposit;
+        status.brokerDeposit = c.brokerDeposit;
+        status.disputeStart = c.disputeStart;
+        status.deadline = c.deadline;
+        status.kind = r.kind;
+        status.registeredVersion = r.version;
+        status.data = r.data;
+    }
+
+    /// @notice EIP-712 digest of a state under this adjudicator's domain.
+    function stateDigest(State calldata state) external view returns (bytes32) {
+        return _hashTypedDataV4(ChannelHashing.hashState(state));
+    }
+
+    /// @notice EIP-712 digest of an order under this adjudicator's domain.
+    function orderDigest(Order calldata order) external view returns (bytes32) {
+        return _hashTypedDataV4(ChannelHashing.hashOrder(order));
+    }
+
+    /// @notice EIP-712 digest of a batch price under this adjudicator's domain.
+    function batchPriceDigest(BatchPrice calldata price) external view returns (bytes32) {
+        return _hashTypedDataV4(ChannelHashing.hashBatchPrice(price));
+    }
+
+    /// @notice EIP-712 digest of a challenge authorisation under this adjudicator's domain.
+    function challengeAuthorizationDigest(bytes32 id, address agent) external view returns (bytes32) {
+        return _hashTypedDataV4(ChannelHashing.hashChallengeAuthorization(id, agent));
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    function _header(ChannelParams calldata p) internal pure returns (ChannelHeader memory) {
+        return ChannelHeader(
+            p.trader,
+            p.broker,
+            p.token,
+            p.challengeDuration,
+            p.nonce,
+            p.markets.length,
+            keccak256(abi.encode(p.markets))
+        );
+    }
+
+    function _channelId(ChannelHeader memory h) internal view returns (bytes32) {
+        if (h.trader == address(0) || h.broker == address(0) || h.trader == h.broker) {
+            revert InvalidParticipants(h.trader, h.broker);
+        }
+        if (h.token == address(0)) revert InvalidToken();
+        if (h.challengeDuration < MIN_CHALLENGE_DURATION || h.challengeDuration > MAX_CHALLENGE_DURATION) {
+            revert ChallengeDurationOutOfRange(h.challengeDuration);
+        }
+        if (h.marketCount > MAX_MARKETS) revert TooManyMarkets(h.marketCount);
+        return keccak256(
+            abi.encode(
+                block.chainid,
+                address(this),
+                h.trader,
+                h.broker,
+                h.token,
+                h.challengeDuration,
+                h.nonce,
+                h.marketCount,
+                h.marketsHash
+            )
+        );
+    }
+
+    function _requireOpen(bytes32 id, Channel memory c) internal pure {
+        if (c.stage == Stage.Disputed) revert ChannelDisputed(id);
+        if (c.stage == Stage.Concluded) revert ChannelConcluded(id);
+    }
+
+    function _requireDisputed(bytes32 id, Channel memory c) internal pure {
+        if (c.stage == Stage.Concluded) revert ChannelConcluded(id);
+        if (c.stage == Stage.Open) revert ChannelNotDisputed(id);
+    }
+
+    function _requireDeadlinePassed(bytes32 id, Channel memory c) internal view {
+        _requireDisputed(id, c);
+        if (block.timestamp < c.deadline) revert DeadlineNotReached(c.deadline);
+    }
+
+    function _requireChallenger(bytes32 id, ChannelHeader calldata h, bytes calldata authorization) internal view {
+        if (msg.sender == h.trader || msg.sender == h.broker) return;
+        if (authorization.length == 0) revert NotAuthorized(msg.sender);
+        address signer =
+            _recover(_hashTypedDataV4(ChannelHashing.hashChallengeAuthorization(id, msg.sender)), authorization);
+        if (signer != h.trader && signer != h.broker) revert NotAuthorized(msg.sender);
+    }
+
+    function _verifyCoSigned(
+        bytes32 id,
+        ChannelHeader calldata h,
+        State calldata s,
+        bytes calldata traderSignature,
+        bytes calldata brokerSignature
+    ) internal view returns (bytes32 digest) {
+        if (s.channelId != id) revert WrongChannel(id, s.channelId);
+        if (s.outcomes.length != h.marketCount) revert OutcomeCountMismatch(s.outcomes.length, h.marketCount);
+        if (s.openOrders.length > MAX_OPEN_ORDERS) revert TooManyOpenOrders(s.openOrders.length);
+        digest = _hashTypedDataV4(ChannelHashing.hashState(s));
+        address trader = _recover(digest, traderSignature);
+        if (trader != h.trader) revert WrongSigner(h.trader, trader);
+        address broker = _recover(digest, brokerSignature);
+        if (broker != h.broker) revert WrongSigner(h.broker, broker);
+    }
+
+    function _recover(bytes32 digest, bytes calldata signature) internal pure returns (address signer) {
+        ECDSA.RecoverError err;
+        (signer, err,) = ECDSA.tryRecoverCalldata(digest, signature);
+        if (err == ECDSA.RecoverError.InvalidSignatureS) revert MalleableSignature();
+        if (err != ECDSA.RecoverError.NoError) revert MalformedSignature();
+    }
+
+    /// @dev True when the state has no open orders and no positions: its payout needs no oracle.
+    function _isSettled(State calldata s) internal pure returns (bool) {
+        if (s.openOrders.length != 0) return false;
+        for (uint256 i = 0; i < s.outcomes.length; ++i) {
+            if (s.outcomes[i].position != 0) return false;
+        }
+        return true;
+    }
+
+    function _registration(State calldata s, bytes32 digest, Channel memory c)
+        internal
+        pure
+        returns (Registration memory)
+    {
+        if (!_isSettled(s)) return Registration(Kind.Fingerprint, uint48(s.version), uint160(uint256(digest)));
+        (uint256 toTrader, bool underfunded) = _settledPayout(s, c);
+        return Registration(underfunded ? Kind.SettledUnderfunded : Kind.Settled, uint48(s.version), uint160(toTrader));
+    }
+
+    /// @dev The trader's payout for a state without positions (MISSION.md item 7): its collateral
+    /// (available + locked) clamped to [0, total accounted], plus its deposits the state does not
+    /// account for. If a party deposited less than the state accounts for, the state was never
+    /// funded and every deposit goes back (`underfunded`). The broker gets the rest of the holdings.
+    function _settledPayout(State calldata s, Channel memory c)
+        internal
+        pure
+        returns (uint256 toTrader, bool underfunded)
+    {
+        return _traderPayout(s, c, s.balances.traderAvailable + int256(s.balances.traderLocked));
+    }
+
+    function _traderPayout(State calldata s, Channel memory c, int256 traderValue)
+        internal
+        pure
+        returns (uint256 toTrader, bool underfunded)
+    {
+        uint256 traderAccounted = s.balances.traderDeposit;
+        uint256 brokerAccounted = s.balances.brokerDeposit;
+        if (c.traderDeposit < traderAccounted || c.brokerDeposit < brokerAccounted) return (c.traderDeposit, true);
+        uint256 total = traderAccounted + brokerAccounted;
+        uint256 share = traderValue <= 0 ? 0 : (uint256(traderValue) > total ? total : uint256(traderValue));
+        return (share + (c.traderDeposit - traderAccounted), false);
+    }
+
+    /// @dev As `_settledPayout`, with every position valued at its market's oracle price.
+    function _payoutWithPositions(bytes32 id, ChannelParams calldata p, State calldata s, Channel memory c)
+        internal
+        returns (uint256 toTrader, bool underfunded)
+    {
+        int256 traderValue = s.balances.traderAvailable + int256(s.balances.traderLocked);
+        uint256 tokenDecimals = DECIMALS_NOT_READ;
+        for (uint256 i = 0; i < s.outcomes.length; ++i) {
+            int256 position = s.outcomes[i].position;
+            if (position == 0) continue;
+            if (tokenDecimals == DECIMALS_NOT_READ) tokenDecimals = _tokenDecimals(p.token);
+            traderValue += _positionValue(id, p.markets[i], position, tokenDecimals, c.deadline);
+        }
+        return _traderPayout(s, c, traderValue);
+    }
+
+    /// @dev Value in collateral base units of `position` synthetic base units:
+    /// position * answer * 10^tokenDecimals / (resolution * 10^feedDecimals), rounded toward
+    /// negative infinity (against the trader, whose claim is being valued). Bounds: |position| <
+    /// 2^63, answer < 2^128, decimals <= 18, resolution < 2^64, so nothing overflows.
+    function _positionValue(bytes32 id, Market calldata m, int256 position, uint256 tokenDecimals, uint256 deadline)
+        internal
+        returns (int256)
+    {
+        (bool fresh, uint256 answer, uint256 feedDecimals) = _oraclePrice(m);
+        bool usable = tokenDecimals <= MAX_DECIMALS && m.resolution != 0 && m.resolution <= ChannelHashing.MAX_AMOUNT;
+        if (!fresh || !usable) {
+            uint256 fallbackAt = deadline + ORACLE_FALLBACK_DELAY;
+            if (block.timestamp < fallbackAt) revert OraclePriceUnavailable(m.id, fallbackAt);
+            if (!usable) answer = 0;
+            emit OracleFallbackUsed(id, m.id, answer);
+            if (answer == 0) return 0;
+        }
+        uint256 magnitude = uint256(position > 0 ? position : -position);
+        uint256 numerator = magnitude * answer * 10 ** tokenDecimals;
+        uint256 denominator = m.resolution * 10 ** feedDecimals;
+        if (position > 0) return int256(numerator / denominator);
+        return -int256((numerator + denominator - 1) / denominator);
+    }
+
+    /// @dev Reads a feed with low-level calls so that a broken feed cannot make conclusion revert
+    /// for ever. Returns (fresh, answer, decimals); answer is the latest valid answer (possibly
+    /// stale) or 0 when there is none.
+    function _oraclePrice(Market calldata m) internal view returns (bool fresh, uint256 answer, uint256 decimals) {
+        (bool ok, bytes memory data) = m.feed.staticcall(abi.encodeCall(AggregatorV3Interface.decimals, ()));
+        if (!ok || data.length < 32) return (false, 0, 0);
+        decimals = abi.decode(data, (uint256));
+        if (decimals > MAX_DECIMALS) return (false, 0, 0);
+        (ok, data) = m.feed.staticcall(abi.encodeCall(AggregatorV3Interface.latestRoundData, ()));
+        if (!ok || data.length < 160) return (false, 0, decimals);
+        (, int256 rawAnswer,, uint256 updatedAt,) = abi.decode(data, (uint80, int256, uint256, uint256, uint80));
+        if (rawAnswer <= 0 || uint256(rawAnswer) > MAX_ORACLE_ANSWER || updatedAt > block.timestamp) {
+            return (false, 0, decimals);
+        }
+        answer = uint256(rawAnswer);
+        fresh = block.timestamp - updatedAt <= m.maxPriceAge;
+    }
+
+    function _tokenDecimals(address token) internal view returns (uint256) {
+        (bool ok, bytes memory data) = token.staticcall(abi.encodeCall(IERC20Metadata.decimals, ()));
+        if (!ok || data.length < 32) return DECIMALS_UNREADABLE;
+        uint256 decimals = abi.decode(data, (uint256));
+        return decimals > MAX_DECIMALS ? DECIMALS_UNREADABLE : decimals;
+    }
+
+    function _finish(
+        bytes32 id,
+        address trader,
+        address broker,
+        address token,
+        Channel memory c,
+        uint256 toTrader,
+        bool underfunded
+    ) internal {
+        uint256 toBroker = uint256(c.traderDeposit) + c.brokerDeposit - toTrader;
+        delete _registrations[id];
+        _markConcluded(id, c);
+        emit Concluded(id, toTrader, toBroker, underfunded);
+        _pay(token, trader, toTrader);
+        _pay(token, broker, toBroker);
+    }
+
+    function _markConcluded(bytes32 id, Channel memory c) internal {
+        c.stage = Stage.Concluded;
+        c.traderDeposit = 0;
+        c.brokerDeposit = 0;
+        _channels[id] = c;
+    }
+
+    /// @dev Push `amount`; if the token refuses, credit it for `withdraw`. A transfer that failed
+    /// because the caller gave too little gas (the call used up all it was forwarded, leaving at
+    /// most 1/64) reverts the whole transaction instead, so neither a gas estimate nor a griefing
+    /// caller can turn a payable payout into a deferred one.
+    function _pay(address token, address to, uint256 amount) internal {
+        if (amount == 0) return;
+        uint256 gasBefore = gasleft();
+        if (!IERC20(token).trySafeTransfer(to, amount)) {
+            if (gasleft() <= gasBefore / 64) revert InsufficientGasForPayout();
+            withdrawable[token][to] += amount;
+            emit PayoutDeferred(token, to, amount);
+        }
+    }
+}

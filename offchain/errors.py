@@ -1,0 +1,84 @@
+"""Every exception the package raises derives from :class:`TradingChannelsError`.
+
+Each carries a stable machine-readable ``code`` (for error replies and ``--json`` output) and a
+human ``reason``. Exceptions decoded from the adjudicator's custom errors live in
+:mod:`offchain.chain.errors` and derive from :class:`ContractError`.
+"""
+
+from __future__ import annotations
+
+
+class TradingChannelsError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or self.__class__.__doc__ or self.code)
+        self.reason = reason or (self.__class__.__doc__ or self.code).strip()
+
+
+class ValidationError(TradingChannelsError):
+    """Input from outside (a message, an argument, a file) is malformed or out of bounds."""
+
+    code = "invalid_input"
+
+
+class BoundsError(ValidationError):
+    """A number is outside the bound its field allows (MISSION.md, "Money and numbers")."""
+
+    code = "out_of_bounds"
+
+
+class SignatureError(TradingChannelsError):
+    """A signature is malformed, malleable (high s) or from the wrong signer."""
+
+    code = "bad_signature"
+
+
+class MalleableSignatureError(SignatureError):
+    """The signature's s value is in the upper half of the curve order."""
+
+    code = "malleable_signature"
+
+
+class WrongSignerError(SignatureError):
+    """The signature recovers to someone other than the expected signer."""
+
+    code = "wrong_signer"
+
+
+class DoubleSignError(TradingChannelsError):
+    """Refused to sign a second, different state with a version already signed."""
+
+    code = "double_sign"
+
+
+class CompilerError(TradingChannelsError):
+    """The Solidity build failed or no compiler is available."""
+
+    code = "compiler"
+
+
+class ArtifactError(TradingChannelsError):
+    """A compiled artifact is missing or unreadable."""
+
+    code = "artifact"
+
+
+class DeploymentError(TradingChannelsError):
+    """A deployment file is missing, malformed, or for another chain."""
+
+    code = "deployment"
+
+
+class ChainError(TradingChannelsError):
+    """The node could not be reached or a transaction could not be sent."""
+
+    code = "chain"
+
+
+class ContractError(ChainError):
+    """A transaction reverted. Subclasses are named after the Solidity custom error."""
+
+    code = "contract_revert"
