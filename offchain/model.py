@@ -1,0 +1,665 @@
+"""The channel's data: parameters, state ``[increment, balances, open_orders, outcomes]``, orders,
+batch prices, challenge authorisations. One-to-one with the Solidity structs in
+contracts/ChannelTypes.sol.
+
+Bounds (MISSION.md, "Money and numbers"), checked by :func:`check_state` and friends exactly as
+the adjudicator checks them:
+
+- balances, deposits, fees and positions stay in (-2^63, 2^63);
+- order amounts, fills, nonces and batch numbers are < 2^64;
+- market ids and expirations (hours since the epoch) are < 2^32;
+- versions are < 2^48 (the adjudicator stores them packed).
+
+JSON carries every amount as a decimal string; addresses as checksummed hex; bytes as 0x-hex.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_abi import encode as abi_encode
+from eth_utils import is_address, keccak, to_checksum_address
+
+from offchain.errors import BoundsError, ValidationError
+from offchain.types import (
+    Address,
+    BatchNumber,
+    ChannelId,
+    ExpirationHours,
+    MarketId,
+    Nonce,
+    Price,
+    Signature,
+    SyntheticAmount,
+    TokenAmount,
+    Version,
+)
+
+MAX_BALANCE = 2**63 - 1
+MAX_AMOUNT = 2**64 - 1
+MAX_UINT32 = 2**32 - 1
+MAX_VERSION = 2**48 - 1
+MIN_CHALLENGE_DURATION = 3600
+MAX_CHALLENGE_DURATION = 30 * 86400
+MAX_MARKETS = 16
+MAX_OPEN_ORDERS = 64
+ZERO_ADDRESS = Address("0x0000000000000000000000000000000000000000")
+
+_MARKETS_ABI = "(uint256,address,uint256,uint256,uint256)[]"
+_CHANNEL_ID_ABI = ["uint256", "address", "address", "address", "address", "uint256", "uint256", "uint256", "bytes32"]
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def check_range(name: str, value: int, low: int, high: int) -> int:
+    """Return ``value`` if it is an int (not a bool) in [low, high], else raise BoundsError."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < low or value > high:
+        raise BoundsError(f"{name}={value} is outside [{low}, {high}]")
+    return value
+
+
+def check_balance(name: str, value: int) -> int:
+    return check_range(name, value, -MAX_BALANCE, MAX_BALANCE)
+
+
+def check_non_negative_balance(name: str, value: int) -> int:
+    return check_range(name, value, 0, MAX_BALANCE)
+
+
+def check_amount(name: str, value: int) -> int:
+    return check_range(name, value, 0, MAX_AMOUNT)
+
+
+def check_uint32(name: str, value: int) -> int:
+    return check_range(name, value, 0, MAX_UINT32)
+
+
+def check_address(name: str, value: object) -> Address:
+    if not isinstance(value, str) or not is_address(value) or not value.startswith("0x"):
+        raise ValidationError(f"{name} is not an address: {value!r}")
+    return Address(to_checksum_address(value))
+
+
+# --------------------------------------------------------------------------- structures
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """A market the channel may trade (fixed at opening)."""
+
+    id: MarketId
+    feed: Address
+    resolution: int
+    risk_factor: int  # 32-bit fixed point: risk = value * risk_factor / 2^32
+    max_price_age: int  # seconds
+
+    def check(self, index: int = 0) -> Market:
+        where = f"markets[{index}]"
+        check_uint32(f"{where}.id", self.id)
+        check_address(f"{where}.feed", self.feed)
+        if self.feed == ZERO_ADDRESS:
+            raise ValidationError(f"{where}.feed is the zero address")
+        check_range(f"{where}.resolution", self.resolution, 1, MAX_AMOUNT)
+        check_uint32(f"{where}.risk_factor", self.risk_factor)
+        check_range(f"{where}.max_price_age", self.max_price_age, 1, MAX_UINT32)
+        return self
+
+    def as_abi(self) -> tuple[int, str, int, int, int]:
+        return (self.id, self.feed, self.resolution, self.risk_factor, self.max_price_age)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelParams:
+    """Fixed at opening; their hash is the channel id (MISSION.md, "The channel on-chain", 1):
+
+    ``keccak256(abi.encode(chain_id, adjudicator, trader, broker, token, challenge_duration, nonce,
+    len(markets), keccak256(abi.encode(markets))))``.
+    """
+
+    chain_id: int
+    adjudicator: Address
+    trader: Address
+    broker: Address
+    token: Address
+    challenge_duration: int
+    nonce: int
+    markets: tuple[Market, ...]
+    _channel_id: ChannelId = field(init=False, repr=False, compare=False, default=ChannelId(b""))
+
+    def __post_init__(self) -> None:
+        self.check()
+        header = self.header()
+        channel_id = keccak(
+            abi_encode(
+                _CHANNEL_ID_ABI,
+                [
+                    self.chain_id,
+                    self.adjudicator,
+                    header.trader,
+                    header.broker,
+                    header.token,
+                    header.challenge_duration,
+                    header.nonce,
+                    header.market_count,
+                    header.markets_hash,
+                ],
+            )
+        )
+        object.__setattr__(self, "_channel_id", ChannelId(channel_id))
+
+    def check(self) -> None:
+        """The checks the adjudicator applies to parameters in every function."""
+        check_range("chain_id", self.chain_id, 1, 2**256 - 1)
+        for name in ("adjudicator", "trader", "broker", "token"):
+            check_address(name, getattr(self, name))
+        if ZERO_ADDRESS in (self.trader, self.broker) or self.trader == self.broker:
+            raise ValidationError("trader and broker must be two different non-zero addresses")
+        if self.token == ZERO_ADDRESS:
+            raise ValidationError("token is the zero address")
+        check_range("challenge_duration", self.challenge_duration, MIN_CHALLENGE_DURATION, MAX_CHALLENGE_DURATION)
+        check_range("nonce", self.nonce, 0, 2**256 - 1)
+        if not isinstance(self.markets, tuple):
+            raise ValidationError("markets must be a tuple")
+        if len(self.markets) > MAX_MARKETS:
+            raise BoundsError(f"{len(self.markets)} markets, at most {MAX_MARKETS}")
+        ids = set()
+        for i, market in enumerate(self.markets):
+            market.check(i)
+            if market.id in ids:
+                raise ValidationError(f"market id {market.id} appears twice")
+            ids.add(market.id)
+
+    @property
+    def channel_id(self) -> ChannelId:
+        return self._channel_id
+
+    def market_index(self, market_id: int) -> int:
+        for i, market in enumerate(self.markets):
+            if market.id == market_id:
+                return i
+        raise ValidationError(f"market {market_id} does not belong to this channel")
+
+    def header(self) -> ChannelHeader:
+        """The parameters with the markets reduced to their count and hash (what most
+        adjudicator functions take)."""
+        return ChannelHeader(
+            trader=self.trader,
+            broker=self.broker,
+            token=self.token,
+            challenge_duration=self.challenge_duration,
+            nonce=self.nonce,
+            market_count=len(self.markets),
+            markets_hash=keccak(abi_encode([_MARKETS_ABI], [[m.as_abi() for m in self.markets]])),
+        )
+
+    def as_abi(self) -> tuple[Any, ...]:
+        """The Solidity ChannelParams (chain id and adjudicator come from the execution context)."""
+        return (
+            self.trader,
+            self.broker,
+            self.token,
+            self.challenge_duration,
+            self.nonce,
+            [m.as_abi() for m in self.markets],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain_id": str(self.chain_id),
+            "adjudicator": self.adjudicator,
+            "trader": self.trader,
+            "broker": self.broker,
+            "token": self.token,
+            "challenge_duration": str(self.challenge_duration),
+            "nonce": str(self.nonce),
+            "markets": [
+                {
+                    "id": str(m.id),
+                    "feed": m.feed,
+                    "resolution": str(m.resolution),
+                    "risk_factor": str(m.risk_factor),
+                    "max_price_age": str(m.max_price_age),
+                }
+                for m in self.markets
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> ChannelParams:
+        obj = _object(data, "params")
+        markets = tuple(
+            Market(
+                id=MarketId(_int(m, "id")),
+                feed=_address(m, "feed"),
+                resolution=_int(m, "resolution"),
+                risk_factor=_int(m, "risk_factor"),
+                max_price_age=_int(m, "max_price_age"),
+            )
+            for m in (_object(x, "market") for x in _list(obj, "markets"))
+        )
+        return cls(
+            chain_id=_int(obj, "chain_id"),
+            adjudicator=_address(obj, "adjudicator"),
+            trader=_address(obj, "trader"),
+            broker=_address(obj, "broker"),
+            token=_address(obj, "token"),
+            challenge_duration=_int(obj, "challenge_duration"),
+            nonce=_int(obj, "nonce"),
+            markets=markets,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHeader:
+    """The Solidity ChannelHeader: channel parameters with the markets as count and hash."""
+
+    trader: Address
+    broker: Address
+    token: Address
+    challenge_duration: int
+    nonce: int
+    market_count: int
+    markets_hash: bytes
+
+    def as_abi(self) -> tuple[Any, ...]:
+        return (
+            self.trader,
+            self.broker,
+            self.token,
+            self.challenge_duration,
+            self.nonce,
+            self.market_count,
+            self.markets_hash,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    """Collateral in the channel. They sum to the deposits the state accounts for."""
+
+    trader_available: TokenAmount
+    trader_locked: TokenAmount
+    broker_available: TokenAmount
+    broker_locked: TokenAmount
+    trader_deposit: TokenAmount
+    broker_deposit: TokenAmount
+
+    def check(self) -> Balances:
+        check_balance("trader_available", self.trader_available)
+        check_non_negative_balance("trader_locked", self.trader_locked)
+        check_balance("broker_available", self.broker_available)
+        check_non_negative_balance("broker_locked", self.broker_locked)
+        check_non_negative_balance("trader_deposit", self.trader_deposit)
+        check_non_negative_balance("broker_deposit", self.broker_deposit)
+        return self
+
+    @property
+    def holdings(self) -> int:
+        return self.trader_deposit + self.broker_deposit
+
+    def as_abi(self) -> tuple[int, ...]:
+        return (
+            self.trader_available,
+            self.trader_locked,
+            self.broker_available,
+            self.broker_locked,
+            self.trader_deposit,
+            self.broker_deposit,
+        )
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "trader_available": str(self.trader_available),
+            "trader_locked": str(self.trader_locked),
+            "broker_available": str(self.broker_available),
+            "broker_locked": str(self.broker_locked),
+            "trader_deposit": str(self.trader_deposit),
+            "broker_deposit": str(self.broker_deposit),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Balances:
+        obj = _object(data, "balances")
+        return cls(
+            trader_available=TokenAmount(_int(obj, "trader_available")),
+            trader_locked=TokenAmount(_int(obj, "trader_locked")),
+            broker_available=TokenAmount(_int(obj, "broker_available")),
+            broker_locked=TokenAmount(_int(obj, "broker_locked")),
+            trader_deposit=TokenAmount(_int(obj, "trader_deposit")),
+            broker_deposit=TokenAmount(_int(obj, "broker_deposit")),
+        ).check()
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A limit order signed by the trader (seed 002's fields, bound to one channel)."""
+
+    channel_id: ChannelId
+    trader: Address
+    collateral: Address
+    market: MarketId
+    is_buy: bool
+    amount_synthetic: SyntheticAmount
+    amount_collateral: TokenAmount
+    max_fee: TokenAmount
+    nonce: Nonce
+    expiration: ExpirationHours
+
+    def check(self) -> Order:
+        _check_bytes32("order.channel_id", self.channel_id)
+        check_address("order.trader", self.trader)
+        check_address("order.collateral", self.collateral)
+        check_uint32("order.market", self.market)
+        if not isinstance(self.is_buy, bool):
+            raise ValidationError("order.is_buy must be a boolean")
+        check_amount("order.amount_synthetic", self.amount_synthetic)
+        check_amount("order.amount_collateral", self.amount_collateral)
+        check_amount("order.max_fee", self.max_fee)
+        check_amount("order.nonce", self.nonce)
+        check_uint32("order.expiration", self.expiration)
+        return self
+
+    def as_abi(self) -> tuple[Any, ...]:
+        return (
+            self.channel_id,
+            self.trader,
+            self.collateral,
+            self.market,
+            self.is_buy,
+            self.amount_synthetic,
+            self.amount_collateral,
+            self.max_fee,
+            self.nonce,
+            self.expiration,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channel_id": "0x" + self.channel_id.hex(),
+            "trader": self.trader,
+            "collateral": self.collateral,
+            "market": str(self.market),
+            "side": "buy" if self.is_buy else "sell",
+            "amount_synthetic": str(self.amount_synthetic),
+            "amount_collateral": str(self.amount_collateral),
+            "max_fee": str(self.max_fee),
+            "nonce": str(self.nonce),
+            "expiration": str(self.expiration),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Order:
+        obj = _object(data, "order")
+        side = obj.get("side")
+        if side not in ("buy", "sell"):
+            raise ValidationError(f"order.side must be 'buy' or 'sell', got {side!r}")
+        return cls(
+            channel_id=ChannelId(_bytes(obj, "channel_id", 32)),
+            trader=_address(obj, "trader"),
+            collateral=_address(obj, "collateral"),
+            market=MarketId(_int(obj, "market")),
+            is_buy=side == "buy",
+            amount_synthetic=SyntheticAmount(_int(obj, "amount_synthetic")),
+            amount_collateral=TokenAmount(_int(obj, "amount_collateral")),
+            max_fee=TokenAmount(_int(obj, "max_fee")),
+            nonce=Nonce(_int(obj, "nonce")),
+            expiration=ExpirationHours(_int(obj, "expiration")),
+        ).check()
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """An order resting in the channel."""
+
+    order: Order
+    signature: Signature
+    filled: SyntheticAmount
+    first_batch: BatchNumber
+
+    def check(self) -> OpenOrder:
+        self.order.check()
+        if not isinstance(self.signature, bytes) or len(self.signature) != 65:
+            raise ValidationError("open order signature must be 65 bytes")
+        check_amount("open_order.filled", self.filled)
+        check_amount("open_order.first_batch", self.first_batch)
+        return self
+
+    def as_abi(self) -> tuple[Any, ...]:
+        return (self.order.as_abi(), self.signature, self.filled, self.first_batch)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "order": self.order.to_json(),
+            "signature": "0x" + self.signature.hex(),
+            "filled": str(self.filled),
+            "first_batch": str(self.first_batch),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> OpenOrder:
+        obj = _object(data, "open_order")
+        return cls(
+            order=Order.from_json(obj.get("order")),
+            signature=Signature(_bytes(obj, "signature", 65)),
+            filled=SyntheticAmount(_int(obj, "filled")),
+            first_batch=BatchNumber(_int(obj, "first_batch")),
+        ).check()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Per market: the trader's position (the broker holds the opposite), fees, last batch."""
+
+    position: SyntheticAmount
+    fees: TokenAmount
+    last_batch: BatchNumber
+
+    def check(self, index: int = 0) -> Outcome:
+        check_balance(f"outcomes[{index}].position", self.position)
+        check_non_negative_balance(f"outcomes[{index}].fees", self.fees)
+        check_amount(f"outcomes[{index}].last_batch", self.last_batch)
+        return self
+
+    def as_abi(self) -> tuple[int, int, int]:
+        return (self.position, self.fees, self.last_batch)
+
+    def to_json(self) -> dict[str, str]:
+        return {"position": str(self.position), "fees": str(self.fees), "last_batch": str(self.last_batch)}
+
+    @classmethod
+    def from_json(cls, data: object) -> Outcome:
+        obj = _object(data, "outcome")
+        return cls(
+            position=SyntheticAmount(_int(obj, "position")),
+            fees=TokenAmount(_int(obj, "fees")),
+            last_batch=BatchNumber(_int(obj, "last_batch")),
+        ).check()
+
+
+EMPTY_OUTCOME = Outcome(position=SyntheticAmount(0), fees=TokenAmount(0), last_batch=BatchNumber(0))
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """``[increment, balances, open_orders, outcomes]`` plus the envelope fields that are signed
+    with it: the channel id and the final flag."""
+
+    channel_id: ChannelId
+    version: Version
+    balances: Balances
+    open_orders: tuple[OpenOrder, ...]
+    outcomes: tuple[Outcome, ...]
+    is_final: bool = False
+
+    def as_abi(self) -> tuple[Any, ...]:
+        return (
+            self.channel_id,
+            self.version,
+            self.balances.as_abi(),
+            [o.as_abi() for o in self.open_orders],
+            [o.as_abi() for o in self.outcomes],
+            self.is_final,
+        )
+
+    def to_json(self) -> list[Any]:
+        """The canonical JSON: the four-element array of seed 000."""
+        return [
+            str(self.version),
+            self.balances.to_json(),
+            [o.to_json() for o in self.open_orders],
+            [o.to_json() for o in self.outcomes],
+        ]
+
+    @classmethod
+    def from_json(cls, channel_id: ChannelId, is_final: bool, data: object) -> ChannelState:
+        if not isinstance(data, list) or len(data) != 4:
+            raise ValidationError("a state is the array [increment, balances, open_orders, outcomes]")
+        version_raw, balances, orders, outcomes = data
+        if not isinstance(orders, list) or not isinstance(outcomes, list):
+            raise ValidationError("open_orders and outcomes must be arrays")
+        if not isinstance(is_final, bool):
+            raise ValidationError("final must be a boolean")
+        state = cls(
+            channel_id=channel_id,
+            version=Version(_parse_int(version_raw, "increment")),
+            balances=Balances.from_json(balances),
+            open_orders=tuple(OpenOrder.from_json(o) for o in orders),
+            outcomes=tuple(Outcome.from_json(o) for o in outcomes),
+            is_final=is_final,
+        )
+        return check_state(state)
+
+
+def check_state(state: ChannelState, params: ChannelParams | None = None) -> ChannelState:
+    """Every bound the adjudicator enforces on a state; with ``params``, also its shape."""
+    _check_bytes32("channel_id", state.channel_id)
+    check_range("version", state.version, 0, MAX_VERSION)
+    state.balances.check()
+    if len(state.open_orders) > MAX_OPEN_ORDERS:
+        raise BoundsError(f"{len(state.open_orders)} open orders, at most {MAX_OPEN_ORDERS}")
+    for order in state.open_orders:
+        order.check()
+    for i, outcome in enumerate(state.outcomes):
+        outcome.check(i)
+    if not isinstance(state.is_final, bool):
+        raise ValidationError("is_final must be a boolean")
+    if params is not None:
+        if state.channel_id != params.channel_id:
+            raise ValidationError("the state belongs to another channel")
+        if len(state.outcomes) != len(params.markets):
+            raise ValidationError(f"{len(state.outcomes)} outcomes for {len(params.markets)} markets")
+    return state
+
+
+def initial_state(params: ChannelParams, trader_deposit: int, broker_deposit: int) -> ChannelState:
+    """The version-0 state, co-signed before anyone deposits."""
+    return check_state(
+        ChannelState(
+            channel_id=params.channel_id,
+            version=Version(0),
+            balances=Balances(
+                trader_available=TokenAmount(trader_deposit),
+                trader_locked=TokenAmount(0),
+                broker_available=TokenAmount(broker_deposit),
+                broker_locked=TokenAmount(0),
+                trader_deposit=TokenAmount(trader_deposit),
+                broker_deposit=TokenAmount(broker_deposit),
+            ),
+            open_orders=(),
+            outcomes=tuple(EMPTY_OUTCOME for _ in params.markets),
+        ),
+        params,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPrice:
+    """The broker's uniform clearing price of one batch of one market."""
+
+    market: MarketId
+    batch: BatchNumber
+    price: Price
+
+    def check(self) -> BatchPrice:
+        check_uint32("batch_price.market", self.market)
+        check_amount("batch_price.batch", self.batch)
+        check_amount("batch_price.price", self.price)
+        return self
+
+    def as_abi(self) -> tuple[int, int, int]:
+        return (self.market, self.batch, self.price)
+
+    def to_json(self) -> dict[str, str]:
+        return {"market": str(self.market), "batch": str(self.batch), "price": str(self.price)}
+
+    @classmethod
+    def from_json(cls, data: object) -> BatchPrice:
+        obj = _object(data, "batch_price")
+        return cls(
+            market=MarketId(_int(obj, "market")), batch=BatchNumber(_int(obj, "batch")), price=Price(_int(obj, "price"))
+        ).check()
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeAuthorization:
+    """A participant lets ``agent`` (a watchtower) challenge on its behalf."""
+
+    channel_id: ChannelId
+    agent: Address
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def _object(data: object, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValidationError(f"{what} must be an object")
+    return data
+
+
+def _list(obj: dict[str, Any], key: str) -> list[Any]:
+    value = obj.get(key)
+    if not isinstance(value, list):
+        raise ValidationError(f"{key} must be an array")
+    return value
+
+
+def _parse_int(raw: object, name: str) -> int:
+    """Amounts travel as decimal strings: '-12', '0', '340'. Nothing else is accepted."""
+    if not isinstance(raw, str):
+        raise ValidationError(f"{name} must be a decimal string, got {type(raw).__name__}")
+    digits = raw[1:] if raw.startswith("-") else raw
+    if not digits.isascii() or not digits.isdigit() or (len(digits) > 1 and digits[0] == "0") or len(raw) > 80:
+        raise ValidationError(f"{name} is not a canonical decimal integer: {raw[:40]!r}")
+    if raw == "-0":
+        raise ValidationError(f"{name} is not a canonical decimal integer: '-0'")
+    return int(raw)
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    if key not in obj:
+        raise ValidationError(f"missing field {key}")
+    return _parse_int(obj[key], key)
+
+
+def _address(obj: dict[str, Any], key: str) -> Address:
+    return check_address(key, obj.get(key))
+
+
+def _bytes(obj: dict[str, Any], key: str, length: int) -> bytes:
+    raw = obj.get(key)
+    if not isinstance(raw, str) or not raw.startswith("0x") or len(raw) != 2 + 2 * length:
+        raise ValidationError(f"{key} must be 0x-hex of {length} bytes")
+    try:
+        return bytes.fromhex(raw[2:])
+    except ValueError as exc:
+        raise ValidationError(f"{key} is not hex") from exc
+
+
+def _check_bytes32(name: str, value: object) -> None:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ValidationError(f"{name} must be 32 bytes")
