@@ -1,0 +1,317 @@
+"""The gas table: what each adjudicator operation costs, beside Nitro's and Raiden's published
+figures (MISSION.md, "Bars").
+
+Measured on the in-process chain (py-evm, Prague rules) with the project's OpenZeppelin test
+token, under the conditions of Nitro's own benchmark (gas-benchmarks/benchmark.test.ts):
+
+- the adjudicator already holds tokens for other channels (no refund from emptying its balance);
+- both parties already hold some tokens when they are paid (a broker always does; a trader who
+  deposited part of its tokens does), so no payout creates a token balance from zero;
+- deposits are approved for exactly the amount deposited (the usual approve-then-deposit flow);
+  the table also shows the first deposit with an unlimited approval and with an allowance left
+  over afterwards (Nitro's setting);
+- keys are fixed, so addresses (and the zero bytes in calldata) are the same on every run.
+
+``tchan gas`` writes the table to bench/gas.json; a test recomputes it and fails when any figure
+drifts by more than 1%.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from eth_utils import keccak
+
+from offchain.chain.client import TokenClient
+from offchain.chain.connection import in_process_chain
+from offchain.chain.deploy import deploy_contract
+from offchain.model import (
+    Balances,
+    ChannelParams,
+    ChannelState,
+    Outcome,
+    initial_state,
+)
+from offchain.sandbox import USD, Party, Sandbox
+from offchain.signing import co_sign
+from offchain.types import BatchNumber, SyntheticAmount, TokenAmount, Version
+
+GAS_TABLE_PATH = Path("bench") / "gas.json"
+DRIFT_TOLERANCE = 0.01
+
+# Published figures the bars compare against (MISSION.md, "Bars").
+REFERENCES: dict[str, dict[str, Any]] = {
+    "first_deposit": {"bar": 65_000, "nitro": 69_866, "nitro_op": "deposit (ERC-20, first)"},
+    "sad_exit_total": {
+        "bar": 150_000,
+        "nitro": 195_172,
+        "nitro_op": "challenge + transferAllAssets",
+        "raiden": 317_586,
+        "raiden_op": "closeChannel + updateNonClosingBalanceProof + settleChannel",
+    },
+    "cooperative_close_total": {
+        "bar": 80_000,
+        "nitro": 112_690,
+        "nitro_op": "concludeAndTransferAllAssets (ERC-20)",
+        "raiden": 112_270,
+        "raiden_op": "cooperativeSettle",
+    },
+}
+
+TRADER_DEPOSIT = 1_000 * USD
+BROKER_DEPOSIT = 5_000 * USD
+
+
+def _key(label: str) -> bytes:
+    return keccak(text=f"trading-channels gas table: {label}")
+
+
+@dataclass
+class GasRun:
+    sandbox: Sandbox
+    trader: Party
+    broker: Party
+    figures: dict[str, int]
+
+    def record(self, name: str, receipt: Any) -> int:
+        self.figures[name] = int(receipt["gasUsed"])
+        return self.figures[name]
+
+
+def _open_channel(run: GasRun, markets: int = 0, approval: str = "exact") -> ChannelParams:
+    """A funded channel: trader then broker deposit. Returns its params; records nothing."""
+    sb = run.sandbox
+    market_list = tuple(sb.market("XAU / USD", i + 1) for i in range(markets)) if markets else ()
+    if markets > 1:
+        descriptions = list(sb.feeds)
+        market_list = tuple(sb.market(descriptions[i % len(descriptions)], i + 1) for i in range(markets))
+    params = sb.channel_params(run.trader, run.broker, market_list)
+    _deposit(run, params, run.trader, TRADER_DEPOSIT, approval)
+    _deposit(run, params, run.broker, BROKER_DEPOSIT, approval)
+    return params
+
+
+def _approve(run: GasRun, party: Party, amount: int, approval: str) -> None:
+    sb = run.sandbox
+    allowance = {"exact": amount, "unlimited": 2**256 - 1, "leftover": 2 * amount}[approval]
+    sb.token.approve(party.transactor, sb.adjudicator.address, allowance)
+
+
+def _deposit(run: GasRun, params: ChannelParams, party: Party, amount: int, approval: str = "exact") -> Any:
+    _approve(run, party, amount, approval)
+    return run.sandbox.adjudicator.deposit(party.transactor, params, party.address, amount)
+
+
+def _signed(run: GasRun, state: ChannelState) -> Any:
+    return co_sign(state, (run.trader.state_signer, run.broker.state_signer))
+
+
+def _with_positions(params: ChannelParams, version: int) -> ChannelState:
+    """A state with a position in every market (the trader long), collateral moved accordingly."""
+    base = initial_state(params, TRADER_DEPOSIT, BROKER_DEPOSIT)
+    cost = 100 * USD * len(params.markets)
+    return replace(
+        base,
+        version=Version(version),
+        balances=replace(
+            base.balances,
+            trader_available=TokenAmount(TRADER_DEPOSIT - cost),
+            broker_available=TokenAmount(BROKER_DEPOSIT + cost),
+        ),
+        outcomes=tuple(Outcome(SyntheticAmount(50_000), TokenAmount(10 * USD), BatchNumber(3)) for _ in params.markets),
+    )
+
+
+def _plain(params: ChannelParams, version: int, trader_available: int, final: bool = False) -> ChannelState:
+    base = initial_state(params, TRADER_DEPOSIT, BROKER_DEPOSIT)
+    moved = trader_available - TRADER_DEPOSIT
+    return replace(
+        base,
+        version=Version(version),
+        balances=Balances(
+            trader_available=TokenAmount(trader_available),
+            trader_locked=TokenAmount(0),
+            broker_available=TokenAmount(BROKER_DEPOSIT - moved),
+            broker_locked=TokenAmount(0),
+            trader_deposit=TokenAmount(TRADER_DEPOSIT),
+            broker_deposit=TokenAmount(BROKER_DEPOSIT),
+        ),
+        is_final=final,
+    )
+
+
+def measure() -> dict[str, int]:
+    """Run every scenario on a fresh in-process chain and return gas used per operation."""
+    chain = in_process_chain()
+    deployer_key = chain.dev_private_keys()[0]
+    sb = Sandbox.create(chain, deployer_key=deployer_key)
+    figures: dict[str, int] = {}
+    # Deploy the adjudicator once more on its own so its deployment gas is measured alone.
+    figures["deploy_adjudicator"] = _deploy_gas(sb)
+
+    trader = sb.party("trader", tokens=1_000_000 * USD, key=_key("trader"))
+    broker = sb.party("broker", tokens=1_000_000 * USD, key=_key("broker"))
+    run = GasRun(sb, trader, broker, figures)
+    _open_channel(run)  # the adjudicator holds tokens for another channel from here on
+
+    steps: list[tuple[str, Callable[[], None]]] = []
+
+    def deposits() -> None:
+        for approval in ("exact", "unlimited", "leftover"):
+            params = sb.channel_params(trader, broker)
+            first = _deposit(run, params, trader, TRADER_DEPOSIT, approval)
+            suffix = "" if approval == "exact" else f"_{approval}_approval"
+            run.record(f"first_deposit{suffix}", first)
+            if approval == "exact":
+                run.record("second_deposit", _deposit(run, params, broker, BROKER_DEPOSIT, approval))
+
+    def cooperative_close() -> None:
+        params = _open_channel(run)
+        final = _plain(params, 7, TRADER_DEPOSIT + 25 * USD, final=True)
+        run.record("cooperative_close", sb.adjudicator.close(broker.transactor, params, _signed(run, final)))
+
+    def sad_exit() -> None:
+        params = _open_channel(run)
+        old = _plain(params, 3, TRADER_DEPOSIT - 40 * USD)
+        new = _plain(params, 4, TRADER_DEPOSIT + 25 * USD)
+        run.record("challenge", sb.adjudicator.challenge(broker.transactor, params, _signed(run, old)))
+        run.record("refute", sb.adjudicator.refute(trader.transactor, params, _signed(run, new)))
+        chain.increase_time(params.challenge_duration + 1)
+        run.record("conclude", sb.adjudicator.conclude(trader.transactor, params))
+        # The bar's sad exit: challenge with the latest state, nobody answers, conclude.
+        params = _open_channel(run)
+        latest = _plain(params, 4, TRADER_DEPOSIT + 25 * USD)
+        challenge = sb.adjudicator.challenge(trader.transactor, params, _signed(run, latest))
+        chain.increase_time(params.challenge_duration + 1)
+        conclude = sb.adjudicator.conclude(trader.transactor, params)
+        figures["sad_exit_total"] = int(challenge["gasUsed"]) + int(conclude["gasUsed"])
+
+    def positions() -> None:
+        params = _open_channel(run, markets=3)
+        state = _with_positions(params, 5)
+        run.record("challenge_3_positions", sb.adjudicator.challenge(trader.transactor, params, _signed(run, state)))
+        chain.increase_time(params.challenge_duration + 1)
+        for description in sb.feeds:
+            sb.push_price(description, 2_000 * 10**8)
+        run.record("conclude_3_positions", sb.adjudicator.conclude(trader.transactor, params, state))
+
+    def withdraw() -> None:
+        _withdraw_scenario(run)
+
+    steps = [
+        ("deposits", deposits),
+        ("cooperative_close", cooperative_close),
+        ("sad_exit", sad_exit),
+        ("positions", positions),
+        ("withdraw", withdraw),
+    ]
+    for _, step in steps:
+        step()
+    figures["cooperative_close_total"] = figures["cooperative_close"]
+    return dict(sorted(figures.items()))
+
+
+def _deploy_gas(sb: Sandbox) -> int:
+    deployed = deploy_contract(sb.deployer.transactor, "TradingChannelAdjudicator")
+    receipt = sb.chain.w3.eth.get_transaction_receipt(deployed.tx_hash)  # type: ignore[arg-type]
+    return int(receipt["gasUsed"])
+
+
+def _withdraw_scenario(run: GasRun) -> None:
+    """A payout the token refuses (blacklisted trader) is credited, then withdrawn elsewhere."""
+    sb = run.sandbox
+    blk = deploy_contract(sb.deployer.transactor, "BlacklistToken")
+    token = TokenClient(sb.chain, blk.address)
+    token.contract = sb.chain.w3.eth.contract(address=blk.address, abi=_abi("BlacklistToken"))
+    for party, amount in ((run.trader, TRADER_DEPOSIT), (run.broker, BROKER_DEPOSIT)):
+        token.mint(sb.deployer.transactor, party.address, 10 * amount)
+        token.approve(party.transactor, sb.adjudicator.address, 2**256 - 1)
+    params = replace_token(sb.channel_params(run.trader, run.broker), blk.address)
+    sb.adjudicator.deposit(run.trader.transactor, params, run.trader.address, TRADER_DEPOSIT)
+    sb.adjudicator.deposit(run.broker.transactor, params, run.broker.address, BROKER_DEPOSIT)
+    final = _plain(params, 2, TRADER_DEPOSIT, final=True)
+    sb.deployer.transactor.transact(token.contract.functions.setBlacklisted(run.trader.address, True))
+    sb.adjudicator.close(run.broker.transactor, params, _signed(run, final))
+    sb.deployer.transactor.transact(token.contract.functions.setBlacklisted(run.trader.address, False))
+    receipt = sb.adjudicator.withdraw(run.trader.transactor, blk.address, run.trader.address)
+    run.record("withdraw_deferred_payout", receipt)
+
+
+def replace_token(params: ChannelParams, token: str) -> ChannelParams:
+    from offchain.types import Address
+
+    return ChannelParams(
+        chain_id=params.chain_id,
+        adjudicator=params.adjudicator,
+        trader=params.trader,
+        broker=params.broker,
+        token=Address(token),
+        challenge_duration=params.challenge_duration,
+        nonce=params.nonce,
+        markets=params.markets,
+    )
+
+
+def _abi(name: str) -> list[dict[str, Any]]:
+    from offchain.chain.artifacts import load_artifact
+
+    abi: list[dict[str, Any]] = load_artifact(name)["abi"]
+    return abi
+
+
+def table(figures: dict[str, int]) -> dict[str, Any]:
+    """The JSON written to bench/gas.json: figures plus the bars and references."""
+    bars = {}
+    for name, ref in REFERENCES.items():
+        ours = figures[name]
+        entry: dict[str, Any] = {"ours": ours, "bar": ref["bar"], "met": ours < ref["bar"]}
+        for other in ("nitro", "raiden"):
+            if other in ref:
+                entry[other] = ref[other]
+                entry[f"{other}_operation"] = ref[f"{other}_op"]
+                entry[f"ratio_to_{other}"] = round(ours / ref[other], 3)
+        bars[name] = entry
+    return {
+        "conditions": (
+            "in-process py-evm (Prague), OpenZeppelin TestToken; adjudicator already holds tokens; "
+            "recipients already hold tokens; deposits approved for exactly the amount"
+        ),
+        "operations": figures,
+        "bars": bars,
+    }
+
+
+def write_table(path: Path, figures: dict[str, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table(figures), indent=2, sort_keys=True) + "\n")
+
+
+def drift(committed: dict[str, int], measured: dict[str, int]) -> list[str]:
+    """Operations whose gas moved by more than DRIFT_TOLERANCE (or appeared/disappeared)."""
+    problems = []
+    for name in sorted(set(committed) | set(measured)):
+        if name not in committed or name not in measured:
+            problems.append(f"{name}: only in {'measured' if name in measured else 'committed'} table")
+            continue
+        old, new = committed[name], measured[name]
+        if abs(new - old) > DRIFT_TOLERANCE * old:
+            problems.append(f"{name}: committed {old}, measured {new} ({(new - old) / old:+.1%})")
+    return problems
+
+
+def format_table(figures: dict[str, int]) -> str:
+    lines = [f"{'operation':<40}{'gas':>10}"]
+    lines += [f"{name:<40}{gas:>10,}" for name, gas in figures.items()]
+    lines.append("")
+    lines.append(f"{'bar':<26}{'ours':>9}{'bar':>9}{'Nitro':>9}{'Raiden':>9}  met")
+    for name, ref in REFERENCES.items():
+        ours = figures[name]
+        raiden = f"{ref['raiden']:>9,}" if "raiden" in ref else f"{'-':>9}"
+        lines.append(
+            f"{name:<26}{ours:>9,}{ref['bar']:>9,}{ref['nitro']:>9,}{raiden}  {'yes' if ours < ref['bar'] else 'NO'}"
+        )
+    return "\n".join(lines)
