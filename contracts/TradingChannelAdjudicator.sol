@@ -94,6 +94,9 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     /// settles at the feed's latest valid answer however old, or at zero value if there is none,
     /// so that a dead feed cannot lock a channel's funds forever.
     uint256 public constant ORACLE_FALLBACK_DELAY = 7 days;
+    /// @notice Gas given to each payout transfer at conclusion; a token that needs more is paid
+    /// through `withdraw` instead.
+    uint256 public constant PAYOUT_TRANSFER_GAS = 100_000;
     /// @notice Largest number of decimals accepted from a feed or from the collateral token.
     uint256 public constant MAX_DECIMALS = 18;
     /// @notice Cap on deposits per channel (both parties together): balances stay below 2^63.
@@ -102,6 +105,9 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     uint256 internal constant MAX_ORACLE_ANSWER = 2 ** 128 - 1;
     uint256 internal constant DECIMALS_NOT_READ = type(uint256).max;
     uint256 internal constant DECIMALS_UNREADABLE = MAX_DECIMALS + 1;
+    /// @dev What must be left before a payout call so that the call really gets its stipend
+    /// (EIP-150 forwards at most 63/64 of what is left), with room for the call itself.
+    uint256 internal constant PAYOUT_GAS_REQUIRED = PAYOUT_TRANSFER_GAS + PAYOUT_TRANSFER_GAS / 63 + 5_000;
 
     mapping(bytes32 channelId => Channel) internal _channels;
     mapping(bytes32 channelId => Registration) internal _registrations;
@@ -185,7 +191,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     error StateNotRequired();
     /// @notice No fresh, valid oracle price for market `market`, and the fallback delay has not passed.
     error OraclePriceUnavailable(uint256 market, uint256 fallbackAt);
-    /// @notice A payout transfer ran out of gas: retry with a higher gas limit.
+    /// @notice Too little gas left to give a payout transfer its stipend: retry with a higher gas limit.
     error InsufficientGasForPayout();
     /// @notice Nothing is credited to `account` in `token`.
     error NothingToWithdraw(address token, address account);
@@ -666,17 +672,33 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         _channels[id] = c;
     }
 
-    /// @dev Push `amount`; if the token refuses, credit it for `withdraw`. A transfer that failed
-    /// because the caller gave too little gas (the call used up all it was forwarded, leaving at
-    /// most 1/64) reverts the whole transaction instead, so neither a gas estimate nor a griefing
-    /// caller can turn a payable payout into a deferred one.
+    /// @dev Push `amount`; if the token refuses, credit it for `withdraw`. The transfer gets a
+    /// fixed gas stipend, PAYOUT_TRANSFER_GAS, so that a token that refuses by burning all the
+    /// gas it is given (an INVALID opcode, say) costs at most the stipend and cannot make
+    /// conclusion impossible. The caller must leave the whole stipend available: otherwise the
+    /// transaction reverts (`InsufficientGasForPayout`), so that neither a gas estimate nor a
+    /// griefing caller can turn a payable payout into a deferred one by starving the transfer.
     function _pay(address token, address to, uint256 amount) internal {
         if (amount == 0) return;
-        uint256 gasBefore = gasleft();
-        if (!IERC20(token).trySafeTransfer(to, amount)) {
-            if (gasleft() <= gasBefore / 64) revert InsufficientGasForPayout();
+        if (gasleft() < PAYOUT_GAS_REQUIRED) revert InsufficientGasForPayout();
+        if (!_tryTransfer(token, to, amount)) {
             withdrawable[token][to] += amount;
             emit PayoutDeferred(token, to, amount);
+        }
+    }
+
+    /// @dev `IERC20.transfer` with a gas cap, reading at most 32 bytes of return data. The same
+    /// success rule as OpenZeppelin's `SafeERC20.trySafeTransfer` (no return data from a contract,
+    /// or `true`), which has no gas cap.
+    function _tryTransfer(address token, address to, uint256 amount) internal returns (bool ok) {
+        bytes memory data = abi.encodeCall(IERC20.transfer, (to, amount));
+        assembly ("memory-safe") {
+            ok := call(PAYOUT_TRANSFER_GAS, token, 0, add(data, 0x20), mload(data), 0x00, 0x20)
+            if ok {
+                switch returndatasize()
+                case 0 { ok := gt(extcodesize(token), 0) }
+                default { ok := and(gt(returndatasize(), 0x1f), eq(mload(0x00), 1)) }
+            }
         }
     }
 }

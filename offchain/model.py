@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eth_abi import encode as abi_encode
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_abi.abi import encode as abi_encode
+from eth_utils.address import is_address, is_checksum_address, to_checksum_address
+from eth_utils.crypto import keccak
 
 from offchain.errors import BoundsError, ValidationError
 from offchain.types import (
@@ -44,7 +45,7 @@ MIN_CHALLENGE_DURATION = 3600
 MAX_CHALLENGE_DURATION = 30 * 86400
 MAX_MARKETS = 16
 MAX_OPEN_ORDERS = 64
-ZERO_ADDRESS = Address("0x0000000000000000000000000000000000000000")
+ZERO_ADDRESS = to_checksum_address("0x0000000000000000000000000000000000000000")
 
 _MARKETS_ABI = "(uint256,address,uint256,uint256,uint256)[]"
 _CHANNEL_ID_ABI = ["uint256", "address", "address", "address", "address", "uint256", "uint256", "uint256", "bytes32"]
@@ -79,9 +80,14 @@ def check_uint32(name: str, value: int) -> int:
 
 
 def check_address(name: str, value: object) -> Address:
-    if not isinstance(value, str) or not is_address(value) or not value.startswith("0x"):
+    """A 0x address, returned in its checksummed form. Mixed case must be a valid EIP-55 checksum
+    (all-lowercase or all-uppercase hex carries no checksum and is accepted)."""
+    if not isinstance(value, str) or not value.startswith("0x") or not is_address(value):
         raise ValidationError(f"{name} is not an address: {value!r}")
-    return Address(to_checksum_address(value))
+    digits = value[2:]
+    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
+        raise ValidationError(f"{name} has a wrong EIP-55 checksum: {value}")
+    return to_checksum_address(value)
 
 
 # --------------------------------------------------------------------------- structures
@@ -131,6 +137,8 @@ class ChannelParams:
     _channel_id: ChannelId = field(init=False, repr=False, compare=False, default=ChannelId(b""))
 
     def __post_init__(self) -> None:
+        for name in ("adjudicator", "trader", "broker", "token"):
+            object.__setattr__(self, name, check_address(name, getattr(self, name)))
         self.check()
         header = self.header()
         channel_id = keccak(

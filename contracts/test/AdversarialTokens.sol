@@ -71,3 +71,28 @@ contract BlacklistToken is ERC20 {
         super._update(from, to, value);
     }
 }
+
+/// @notice Refuses transfers to a blocked address by burning all the gas it is given (INVALID),
+/// as pre-0.8 `assert` did.
+contract GasBurningToken is ERC20 {
+    mapping(address account => bool) public blocked;
+
+    constructor() ERC20("Burner", "BURN") {}
+
+    function mint(address to, uint256 amount) external {
+        _mint(to, amount);
+    }
+
+    function setBlocked(address account, bool value) external {
+        blocked[account] = value;
+    }
+
+    function _update(address from, address to, uint256 value) internal override {
+        if (blocked[to]) {
+            assembly {
+                invalid()
+            }
+        }
+        super._update(from, to, value);
+    }
+}

@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from web3.contract import Contract
 from web3.types import TxReceipt
 
@@ -205,7 +205,7 @@ class AdjudicatorClient:
         For a party that must conclude a dispute started with a state it does not hold.
         """
         tx = self.chain.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
-        if tx.get("to") != self.address:
+        if str(tx.get("to")) != self.address:
             raise ChainError("the transaction was not sent to this adjudicator")
         fn, args = self.contract.decode_function_input(tx["input"])
         if fn.fn_name not in ("challenge", "refute", "close"):
@@ -283,9 +283,22 @@ def _bytes32(value: object) -> bytes:
     return bytes(value)
 
 
+def _positional(value: Any) -> Any:
+    """ABI structs as tuples: web3 decodes calldata structs into dicts in ABI component order."""
+    if isinstance(value, dict):
+        return tuple(_positional(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return (
+            type(value)(_positional(v) for v in value)
+            if isinstance(value, list)
+            else tuple(_positional(v) for v in value)
+        )
+    return value
+
+
 def state_from_abi(raw: Any) -> ChannelState:
-    """A state decoded from calldata, checked against every bound."""
-    channel_id, version, balances, orders, outcomes, is_final = raw
+    """A state decoded from calldata (tuple or dict form), checked against every bound."""
+    channel_id, version, balances, orders, outcomes, is_final = _positional(raw)
     state = ChannelState(
         channel_id=ChannelId(_bytes32(channel_id)),
         version=Version(int(version)),
