@@ -192,10 +192,11 @@ def find_compiler(root: Path | None = None) -> Compiler | None:
         return _native_compiler(env_binary)
     try:
         import solcx
+        import solcx.install
         from packaging.version import Version
 
         if Version(SOLC_VERSION) in solcx.get_installed_solc_versions():
-            return _native_compiler(str(solcx.get_executable(SOLC_VERSION)))
+            return _native_compiler(str(solcx.install.get_executable(SOLC_VERSION)))
     except Exception:  # noqa: BLE001 - py-solc-x absent or unusable: fall through to solcjs
         pass
     return _solcjs_compiler(root)

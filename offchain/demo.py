@@ -57,7 +57,8 @@ def usd(amount: int) -> str:
 
 
 def feed_price(dollars_per_ounce: int) -> int:
-    return dollars_per_ounce * 10**FEED_DECIMALS
+    scale: int = 10**FEED_DECIMALS
+    return dollars_per_ounce * scale
 
 
 @dataclass

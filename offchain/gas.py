@@ -20,25 +20,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 from offchain.chain.client import TokenClient
 from offchain.chain.connection import in_process_chain
 from offchain.chain.deploy import deploy_contract
-from offchain.model import (
-    Balances,
-    ChannelParams,
-    ChannelState,
-    Outcome,
-    initial_state,
-)
-from offchain.sandbox import USD, Party, Sandbox
+from offchain.model import ChannelParams, ChannelState
+from offchain.sandbox import USD, Party, Sandbox, plain_state, position_state
 from offchain.signing import co_sign
-from offchain.types import BatchNumber, SyntheticAmount, TokenAmount, Version
 
 GAS_TABLE_PATH = Path("bench") / "gas.json"
 DRIFT_TOLERANCE = 0.01
@@ -111,37 +104,15 @@ def _signed(run: GasRun, state: ChannelState) -> Any:
 
 
 def _with_positions(params: ChannelParams, version: int) -> ChannelState:
-    """A state with a position in every market (the trader long), collateral moved accordingly."""
-    base = initial_state(params, TRADER_DEPOSIT, BROKER_DEPOSIT)
-    cost = 100 * USD * len(params.markets)
-    return replace(
-        base,
-        version=Version(version),
-        balances=replace(
-            base.balances,
-            trader_available=TokenAmount(TRADER_DEPOSIT - cost),
-            broker_available=TokenAmount(BROKER_DEPOSIT + cost),
-        ),
-        outcomes=tuple(Outcome(SyntheticAmount(50_000), TokenAmount(10 * USD), BatchNumber(3)) for _ in params.markets),
+    """A state with a position in every market (the trader long)."""
+    count = len(params.markets)
+    return position_state(
+        params, version, TRADER_DEPOSIT, BROKER_DEPOSIT, (50_000,) * count, cost=100 * USD * count, fees=10 * USD
     )
 
 
 def _plain(params: ChannelParams, version: int, trader_available: int, final: bool = False) -> ChannelState:
-    base = initial_state(params, TRADER_DEPOSIT, BROKER_DEPOSIT)
-    moved = trader_available - TRADER_DEPOSIT
-    return replace(
-        base,
-        version=Version(version),
-        balances=Balances(
-            trader_available=TokenAmount(trader_available),
-            trader_locked=TokenAmount(0),
-            broker_available=TokenAmount(BROKER_DEPOSIT - moved),
-            broker_locked=TokenAmount(0),
-            trader_deposit=TokenAmount(TRADER_DEPOSIT),
-            broker_deposit=TokenAmount(BROKER_DEPOSIT),
-        ),
-        is_final=final,
-    )
+    return plain_state(params, version, TRADER_DEPOSIT, BROKER_DEPOSIT, trader_available, final)
 
 
 def measure() -> dict[str, int]:
@@ -242,14 +213,14 @@ def _withdraw_scenario(run: GasRun) -> None:
 
 
 def replace_token(params: ChannelParams, token: str) -> ChannelParams:
-    from offchain.types import Address
+    from eth_utils.address import to_checksum_address
 
     return ChannelParams(
         chain_id=params.chain_id,
         adjudicator=params.adjudicator,
         trader=params.trader,
         broker=params.broker,
-        token=Address(token),
+        token=to_checksum_address(token),
         challenge_duration=params.challenge_duration,
         nonce=params.nonce,
         markets=params.markets,

@@ -5,15 +5,15 @@ Used by ``tchan demo``, ``tchan gas`` and the tests, on the in-process chain or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from offchain.chain.client import AdjudicatorClient, PriceFeedClient, TokenClient
 from offchain.chain.connection import Chain, Transactor
 from offchain.chain.deploy import Deployment, FeedSpec, deploy_stack
 from offchain.eip712 import Domain
-from offchain.model import ChannelParams, Market
+from offchain.model import ChannelParams, ChannelState, Market, Outcome, initial_state
 from offchain.signing import LocalSigner, StateSigner
-from offchain.types import Address, MarketId
+from offchain.types import Address, BatchNumber, MarketId, SyntheticAmount, TokenAmount, Version
 
 ETHER = 10**18
 USD = 10**6  # the test token has 6 decimals
@@ -115,3 +115,58 @@ class Sandbox:
 
     def push_price(self, description: str, answer: int) -> None:
         self.feeds[description].push(self.deployer.transactor, answer)
+
+
+# --------------------------------------------------------------------------- state builders
+
+
+def plain_state(
+    params: ChannelParams,
+    version: int,
+    trader_deposit: int,
+    broker_deposit: int,
+    trader_available: int | None = None,
+    final: bool = False,
+) -> ChannelState:
+    """A state without open orders or positions in which ``trader_available`` of the holdings
+    belong to the trader (default: its deposit) and the rest to the broker."""
+    base = initial_state(params, trader_deposit, broker_deposit)
+    trader_value = trader_deposit if trader_available is None else trader_available
+    holdings = trader_deposit + broker_deposit
+    return replace(
+        base,
+        version=Version(version),
+        balances=replace(
+            base.balances,
+            trader_available=TokenAmount(trader_value),
+            broker_available=TokenAmount(holdings - trader_value),
+        ),
+        is_final=final,
+    )
+
+
+def position_state(
+    params: ChannelParams,
+    version: int,
+    trader_deposit: int,
+    broker_deposit: int,
+    positions: tuple[int, ...],
+    cost: int,
+    fees: int = 0,
+) -> ChannelState:
+    """A state with ``positions[i]`` synthetic base units in market i, bought by the trader for
+    ``cost`` collateral plus ``fees`` paid to the broker."""
+    base = initial_state(params, trader_deposit, broker_deposit)
+    return replace(
+        base,
+        version=Version(version),
+        balances=replace(
+            base.balances,
+            trader_available=TokenAmount(trader_deposit - cost - fees),
+            broker_available=TokenAmount(broker_deposit + cost + fees),
+        ),
+        outcomes=tuple(
+            Outcome(SyntheticAmount(p), TokenAmount(fees if i == 0 else 0), BatchNumber(1 if p else 0))
+            for i, p in enumerate(positions)
+        ),
+    )

@@ -36,8 +36,8 @@ class Payouts:
 
 def position_value(market: Market, position: int, price: OraclePrice, token_decimals: int) -> int:
     """Collateral base units that ``position`` synthetic base units are worth, floored."""
-    numerator = position * price.answer * 10**token_decimals
-    denominator = market.resolution * 10**price.decimals
+    numerator: int = position * price.answer * 10**token_decimals
+    denominator: int = market.resolution * 10**price.decimals
     return numerator // denominator  # Python's // floors toward negative infinity
 
 

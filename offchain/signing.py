@@ -17,7 +17,7 @@ from typing import Protocol
 
 from coincurve import PrivateKey, PublicKey
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from offchain.eip712 import Domain, Signable, struct_digest
 from offchain.errors import DoubleSignError, MalleableSignatureError, SignatureError, WrongSignerError

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import NewType
 
-Address = NewType("Address", str)
-"""A checksummed 0x-prefixed Ethereum address."""
+from eth_typing import ChecksumAddress
+
+Address = ChecksumAddress
+"""A checksummed 0x-prefixed Ethereum address (eth-typing's NewType, as web3 expects)."""
 
 ChannelId = NewType("ChannelId", bytes)
 """keccak256(abi.encode(ChannelParams)): 32 bytes."""

@@ -13,7 +13,7 @@ from typing import Any, cast
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
-from web3.types import TxParams, TxReceipt
+from web3.types import TxParams, TxReceipt, Wei
 
 from offchain.chain.errors import decode_revert, is_revert, revert_data
 from offchain.errors import ChainError, ContractError
@@ -68,7 +68,7 @@ class Chain:
     def fund(self, address: Address, wei: int) -> None:
         """Send ether from the node's first unlocked dev account (local chains only)."""
         sender = self.w3.eth.accounts[0]
-        tx_hash = self.w3.eth.send_transaction({"from": sender, "to": address, "value": wei})
+        tx_hash = self.w3.eth.send_transaction({"from": sender, "to": address, "value": Wei(wei)})
         self.w3.eth.wait_for_transaction_receipt(tx_hash)
 
     def dev_private_keys(self) -> list[bytes]:

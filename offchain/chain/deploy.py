@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from offchain.chain.artifacts import load_artifact
 from offchain.chain.client import ADJUDICATOR, PRICE_FEED, TOKEN
