@@ -1,0 +1,29 @@
+"""The committed gas table (bench/gas.json) stays true: every figure within 1%."""
+
+from __future__ import annotations
+
+import json
+
+from offchain import gas
+from offchain.compiler import project_root
+
+
+def test_gas_table_matches_a_fresh_measurement() -> None:
+    committed = json.loads((project_root() / gas.GAS_TABLE_PATH).read_text())
+    measured = gas.measure()
+    assert gas.drift(committed["operations"], measured) == [], "run `tchan gas` and commit bench/gas.json"
+    assert committed == gas.table(committed["operations"]), "bars section out of date: run `tchan gas`"
+
+
+def test_bars_met_by_the_committed_table() -> None:
+    committed = json.loads((project_root() / gas.GAS_TABLE_PATH).read_text())["operations"]
+    assert committed["sad_exit_total"] < gas.REFERENCES["sad_exit_total"]["bar"]
+    assert committed["cooperative_close_total"] < gas.REFERENCES["cooperative_close_total"]["bar"]
+    assert committed["sad_exit_total"] < gas.REFERENCES["sad_exit_total"]["nitro"]
+    assert committed["first_deposit"] < gas.REFERENCES["first_deposit"]["nitro"]
+
+
+def test_drift_detection() -> None:
+    assert gas.drift({"a": 1000}, {"a": 1010}) == []
+    assert gas.drift({"a": 1000}, {"a": 1011}) == ["a: committed 1000, measured 1011 (+1.1%)"]
+    assert gas.drift({"a": 1000}, {"b": 5}) == ["a: only in committed table", "b: only in measured table"]
