@@ -53,6 +53,8 @@ def _deploy_key(args: argparse.Namespace, chain_id: int) -> bytes:
             raise ValidationError(f"cannot open keystore {args.keystore}: {exc}") from exc
         return key
     if args.dev_account is not None:
+        if not 0 <= args.dev_account < 2**31:
+            raise ValidationError(f"--dev-account must be between 0 and 2^31-1, got {args.dev_account}")
         if chain_id != ANVIL_CHAIN_ID:
             raise ValidationError(
                 f"--dev-account is for local anvil chains (chain id {ANVIL_CHAIN_ID}), not {chain_id}"
@@ -67,8 +69,9 @@ def _deploy_key(args: argparse.Namespace, chain_id: int) -> bytes:
 
 def _deploy(args: argparse.Namespace) -> int:
     from offchain.chain.connection import Transactor, rpc_chain
-    from offchain.chain.deploy import FeedSpec, deploy_stack, write_deployment
+    from offchain.chain.deploy import FeedSpec, deploy_stack, deployment_path, write_deployment
 
+    deployment_path(Path(args.deployments), args.network)  # refuse a bad name before spending gas
     chain = rpc_chain(args.rpc)
     key = _deploy_key(args, chain.chain_id)
     sender = Transactor.from_key(chain, key)

@@ -8,8 +8,8 @@ py-solc-x) and solcjs (from node_modules) produce the same bytecode:
 3. ``node_modules/.bin/solcjs`` (pinned in package.json).
 
 Imports are resolved here, not by the compiler: every source (ours and OpenZeppelin's from
-node_modules) is inlined by content, and its SHA-256 goes into the build manifest so that a
-source changed without recompiling is caught by the tests.
+node_modules) is inlined by content, and its SHA-256 goes into every artifact and into the build
+manifest, so that a source changed without recompiling is caught by the tests.
 """
 
 from __future__ import annotations
@@ -227,6 +227,7 @@ def compile_contracts(root: Path | None = None, compiler: Compiler | None = None
         raise CompilerError("\n".join(e.get("formattedMessage", e.get("message", "")) for e in errors))
 
     compiler_info = {"version": compiler.version, "settings": SETTINGS}
+    checksums = sources.checksums()
     artifacts: dict[str, dict[str, Any]] = {}
     for source_name in sources.own:
         for contract_name, out in sorted(output.get("contracts", {}).get(source_name, {}).items()):
@@ -239,10 +240,11 @@ def compile_contracts(root: Path | None = None, compiler: Compiler | None = None
                 "bytecode": "0x" + out["evm"]["bytecode"]["object"],
                 "deployedBytecode": "0x" + out["evm"]["deployedBytecode"]["object"],
                 "compiler": compiler_info,
+                "sources": checksums,
             }
     manifest = {
         "compiler": compiler_info,
-        "sources": sources.checksums(),
+        "sources": checksums,
         "contracts": {name: a["sourceName"] for name, a in sorted(artifacts.items())},
     }
     return BuildResult(compiler=compiler, artifacts=artifacts, manifest=manifest)

@@ -72,3 +72,52 @@ def test_deployment_for_another_chain_id_is_not_overwritten(tmp_path: Path) -> N
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(DeploymentError, match="not valid JSON"):
         load_deployment(tmp_path, "broken")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--network", "Bad Name", "--dev-account", "0"], "tchan: deployment: network name 'Bad Name'"),
+        (["--network", "x", "--dev-account", "-1"], "tchan: invalid_input: --dev-account must be between"),
+        (["--network", "x"], "tchan: invalid_input: choose a key"),
+    ],
+)
+def test_bad_deploy_arguments_are_one_clear_line(args: list[str], message: str, tmp_path: Path) -> None:
+    from offchain.localnet import Anvil
+
+    with Anvil.start() as node:
+        run = tchan("deploy", "--rpc", node.url, "--deployments", str(tmp_path), *args)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()]
+    assert run.stderr.startswith(message), run.stderr
+    assert not list(tmp_path.iterdir()), "nothing deployed, nothing written"
+
+
+def test_wrong_keystore_password_is_one_clear_line(tmp_path: Path) -> None:
+    import json
+
+    from eth_account import Account
+
+    from offchain.localnet import Anvil
+
+    keystore = tmp_path / "key.json"
+    keystore.write_text(json.dumps(Account.encrypt(Account.create().key, "right horse battery")))
+    password = tmp_path / "password"
+    password.write_text("wrong\n")
+    with Anvil.start() as node:
+        run = tchan(
+            "deploy",
+            "--rpc",
+            node.url,
+            "--network",
+            "x",
+            "--deployments",
+            str(tmp_path / "d"),
+            "--keystore",
+            str(keystore),
+            "--password-file",
+            str(password),
+        )
+    assert run.returncode == 1
+    assert run.stderr.startswith(f"tchan: invalid_input: cannot open keystore {keystore}")
+    assert len(run.stderr.strip().splitlines()) == 1

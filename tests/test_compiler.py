@@ -43,6 +43,7 @@ def test_artifacts_carry_abi_bytecode_compiler_and_checksums() -> None:
         assert artifact["bytecode"].startswith("0x") and len(artifact["bytecode"]) > 1000
         assert artifact["deployedBytecode"].startswith("0x")
         assert artifact["compiler"] == manifest["compiler"]
+        assert artifact["sources"] == manifest["sources"], "every artifact records the checksum of every source"
     runtime = len(load_artifact("TradingChannelAdjudicator")["deployedBytecode"]) // 2 - 1
     assert runtime <= 24_576, "EIP-170: the adjudicator's runtime code must stay deployable"
 

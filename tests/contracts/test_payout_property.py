@@ -224,9 +224,8 @@ def run_dispute(w: World, sc: Scenario, labels: list[str]) -> None:
     labels.append(describe(sc, to_trader))
 
 
-@PROPERTY_SETTINGS
-@given(sc=scenarios(with_positions=True))
-def test_positions_conclude_exactly_as_the_pure_rule(w: World, sc: Scenario) -> None:
+def run_example(w: World, sc: Scenario) -> None:
+    """One example on a rolled-back chain, labelled for hypothesis's statistics."""
     labels: list[str] = []
     snapshot = w.chain.snapshot()
     try:
@@ -234,15 +233,15 @@ def test_positions_conclude_exactly_as_the_pure_rule(w: World, sc: Scenario) -> 
     finally:
         w.chain.revert(snapshot)
     event(labels[0])
+
+
+@PROPERTY_SETTINGS
+@given(sc=scenarios(with_positions=True))
+def test_positions_conclude_exactly_as_the_pure_rule(w: World, sc: Scenario) -> None:
+    run_example(w, sc)
 
 
 @PROPERTY_SETTINGS
 @given(sc=scenarios(with_positions=False))
 def test_settled_states_conclude_exactly_as_the_pure_rule(w: World, sc: Scenario) -> None:
-    labels: list[str] = []
-    snapshot = w.chain.snapshot()
-    try:
-        in_fresh_thread(lambda: run_dispute(w, sc, labels))
-    finally:
-        w.chain.revert(snapshot)
-    event(labels[0])
+    run_example(w, sc)
