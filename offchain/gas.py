@@ -19,8 +19,7 @@ drifts by more than 1%.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +75,10 @@ class GasRun:
 
 
 def _open_channel(run: GasRun, markets: int = 0, approval: str = "exact") -> ChannelParams:
-    """A funded channel: trader then broker deposit. Returns its params; records nothing."""
+    """A funded channel (trader then broker deposit) with ``markets`` markets over the sandbox's feeds."""
     sb = run.sandbox
-    market_list = tuple(sb.market("XAU / USD", i + 1) for i in range(markets)) if markets else ()
-    if markets > 1:
-        descriptions = list(sb.feeds)
-        market_list = tuple(sb.market(descriptions[i % len(descriptions)], i + 1) for i in range(markets))
+    descriptions = list(sb.feeds)
+    market_list = tuple(sb.market(descriptions[i % len(descriptions)], i + 1) for i in range(markets))
     params = sb.channel_params(run.trader, run.broker, market_list)
     _deposit(run, params, run.trader, TRADER_DEPOSIT, approval)
     _deposit(run, params, run.broker, BROKER_DEPOSIT, approval)
@@ -129,8 +126,6 @@ def measure() -> dict[str, int]:
     run = GasRun(sb, trader, broker, figures)
     _open_channel(run)  # the adjudicator holds tokens for another channel from here on
 
-    steps: list[tuple[str, Callable[[], None]]] = []
-
     def deposits() -> None:
         for approval in ("exact", "unlimited", "leftover"):
             params = sb.channel_params(trader, broker)
@@ -170,18 +165,11 @@ def measure() -> dict[str, int]:
             sb.push_price(description, 2_000 * 10**8)
         run.record("conclude_3_positions", sb.adjudicator.conclude(trader.transactor, params, state))
 
-    def withdraw() -> None:
-        _withdraw_scenario(run)
-
-    steps = [
-        ("deposits", deposits),
-        ("cooperative_close", cooperative_close),
-        ("sad_exit", sad_exit),
-        ("positions", positions),
-        ("withdraw", withdraw),
-    ]
-    for _, step in steps:
-        step()
+    deposits()
+    cooperative_close()
+    sad_exit()
+    positions()
+    _withdraw_scenario(run)
     figures["cooperative_close_total"] = figures["cooperative_close"]
     return dict(sorted(figures.items()))
 
@@ -193,45 +181,22 @@ def _deploy_gas(sb: Sandbox) -> int:
 
 
 def _withdraw_scenario(run: GasRun) -> None:
-    """A payout the token refuses (blacklisted trader) is credited, then withdrawn elsewhere."""
+    """A payout the token refuses (blacklisted trader) is credited, then withdrawn."""
     sb = run.sandbox
-    blk = deploy_contract(sb.deployer.transactor, "BlacklistToken")
-    token = TokenClient(sb.chain, blk.address)
-    token.contract = sb.chain.w3.eth.contract(address=blk.address, abi=_abi("BlacklistToken"))
+    blacklist = deploy_contract(sb.deployer.transactor, "BlacklistToken")
+    token = TokenClient(sb.chain, blacklist.address, artifact="BlacklistToken")
     for party, amount in ((run.trader, TRADER_DEPOSIT), (run.broker, BROKER_DEPOSIT)):
         token.mint(sb.deployer.transactor, party.address, 10 * amount)
         token.approve(party.transactor, sb.adjudicator.address, 2**256 - 1)
-    params = replace_token(sb.channel_params(run.trader, run.broker), blk.address)
+    params = replace(sb.channel_params(run.trader, run.broker), token=blacklist.address)
     sb.adjudicator.deposit(run.trader.transactor, params, run.trader.address, TRADER_DEPOSIT)
     sb.adjudicator.deposit(run.broker.transactor, params, run.broker.address, BROKER_DEPOSIT)
     final = _plain(params, 2, TRADER_DEPOSIT, final=True)
     sb.deployer.transactor.transact(token.contract.functions.setBlacklisted(run.trader.address, True))
     sb.adjudicator.close(run.broker.transactor, params, _signed(run, final))
     sb.deployer.transactor.transact(token.contract.functions.setBlacklisted(run.trader.address, False))
-    receipt = sb.adjudicator.withdraw(run.trader.transactor, blk.address, run.trader.address)
+    receipt = sb.adjudicator.withdraw(run.trader.transactor, blacklist.address, run.trader.address)
     run.record("withdraw_deferred_payout", receipt)
-
-
-def replace_token(params: ChannelParams, token: str) -> ChannelParams:
-    from eth_utils.address import to_checksum_address
-
-    return ChannelParams(
-        chain_id=params.chain_id,
-        adjudicator=params.adjudicator,
-        trader=params.trader,
-        broker=params.broker,
-        token=to_checksum_address(token),
-        challenge_duration=params.challenge_duration,
-        nonce=params.nonce,
-        markets=params.markets,
-    )
-
-
-def _abi(name: str) -> list[dict[str, Any]]:
-    from offchain.chain.artifacts import load_artifact
-
-    abi: list[dict[str, Any]] = load_artifact(name)["abi"]
-    return abi
 
 
 def table(figures: dict[str, int]) -> dict[str, Any]:

@@ -619,6 +619,18 @@ class ChallengeAuthorization:
     channel_id: ChannelId
     agent: Address
 
+    def check(self) -> ChallengeAuthorization:
+        _check_bytes32("channel_id", self.channel_id)
+        check_address("agent", self.agent)
+        return self
+
+
+def check_signable(obj: ChannelState | Order | BatchPrice | ChallengeAuthorization) -> Any:
+    """``obj`` after every bound check that applies to it: nothing out of range gets signed."""
+    if isinstance(obj, ChannelState):
+        return check_state(obj)
+    return obj.check()
+
 
 # --------------------------------------------------------------------------- JSON helpers
 

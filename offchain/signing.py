@@ -21,7 +21,7 @@ from eth_utils.address import to_checksum_address
 
 from offchain.eip712 import Domain, Signable, struct_digest
 from offchain.errors import DoubleSignError, MalleableSignatureError, SignatureError, WrongSignerError
-from offchain.model import ChannelState
+from offchain.model import ChannelState, check_signable, check_state
 from offchain.types import Address, ChannelId, Digest, Signature, Version
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -56,7 +56,8 @@ class LocalSigner:
         return Signature(raw[:64] + bytes((raw[64] + 27,)))
 
     def sign(self, domain: Domain, obj: Signable) -> Signature:
-        return self.sign_digest(struct_digest(domain, obj))
+        """Sign ``obj`` after checking every bound it must respect (BoundsError/ValidationError)."""
+        return self.sign_digest(struct_digest(domain, check_signable(obj)))
 
 
 def recover(digest: bytes, signature: bytes) -> Address:
@@ -132,7 +133,7 @@ class StateSigner:
         return self.signer.address
 
     def sign_state(self, state: ChannelState) -> Signature:
-        digest = self.domain.state_digest(state)
+        digest = self.domain.state_digest(check_state(state))
         previous = self.log.signed_digest(state.channel_id, state.version)
         if previous is not None and previous != digest:
             raise DoubleSignError(

@@ -13,6 +13,7 @@ import pytest
 from eth_utils import keccak
 
 from offchain.chain.connection import Chain, in_process_chain
+from offchain.eip712 import Domain
 from offchain.model import ChannelParams, ChannelState
 from offchain.sandbox import USD, Party, Sandbox, plain_state
 from offchain.signing import CoSignedState, co_sign
@@ -46,6 +47,13 @@ class World:
     def sign(self, state: ChannelState) -> CoSignedState:
         """Both parties sign ``state``."""
         return co_sign(state, (self.trader.state_signer, self.broker.state_signer))
+
+    def sign_unchecked(self, state: ChannelState, domain: Domain | None = None) -> CoSignedState:
+        """Both parties sign ``state`` straight from its digest: no bound checks and no double-sign
+        log, so that adversarial tests can reach the contract's own checks with out-of-range states
+        or sign two states with the same version."""
+        digest = (domain or self.sb.domain).state_digest(state)
+        return CoSignedState(state, self.trader.signer.sign_digest(digest), self.broker.signer.sign_digest(digest))
 
     def fund(
         self, params: ChannelParams, trader_deposit: int = TRADER_DEPOSIT, broker_deposit: int = BROKER_DEPOSIT

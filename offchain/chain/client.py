@@ -14,7 +14,7 @@ from web3.contract import Contract
 from web3.types import TxReceipt
 
 from offchain.chain.artifacts import load_artifact
-from offchain.chain.connection import Chain, Transactor
+from offchain.chain.connection import Chain, Transactor, call_view
 from offchain.eip712 import Domain
 from offchain.errors import ChainError
 from offchain.model import (
@@ -152,11 +152,11 @@ class AdjudicatorClient:
     # ------------------------------------------------------------ views
 
     def channel_id(self, params: ChannelParams) -> ChannelId:
-        value = self._call(self.contract.functions.channelId(params.header().as_abi()))
+        value = call_view(self.contract.functions.channelId(params.header().as_abi()))
         return ChannelId(_bytes32(value))
 
     def status(self, channel_id: ChannelId) -> OnChainChannel:
-        raw = self._call(self.contract.functions.getChannel(channel_id))
+        raw = call_view(self.contract.functions.getChannel(channel_id))
         stage, trader_deposit, broker_deposit, dispute_start, deadline, kind, version, data = raw
         if stage not in (0, 1, 2) or kind not in tuple(RegistrationKind):
             raise ChainError(f"unexpected channel status from the adjudicator: {raw!r}")
@@ -175,23 +175,23 @@ class AdjudicatorClient:
         )
 
     def withdrawable(self, token: Address, account: Address) -> TokenAmount:
-        return TokenAmount(int(self._call(self.contract.functions.withdrawable(token, account))))
+        return TokenAmount(int(call_view(self.contract.functions.withdrawable(token, account))))
 
     def state_digest(self, state: ChannelState) -> bytes:
         """The adjudicator's own EIP-712 digest of ``state``."""
-        return _bytes32(self._call(self.contract.functions.stateDigest(state.as_abi())))
+        return _bytes32(call_view(self.contract.functions.stateDigest(state.as_abi())))
 
     def order_digest(self, order: Order) -> bytes:
-        return _bytes32(self._call(self.contract.functions.orderDigest(order.as_abi())))
+        return _bytes32(call_view(self.contract.functions.orderDigest(order.as_abi())))
 
     def batch_price_digest(self, price: BatchPrice) -> bytes:
-        return _bytes32(self._call(self.contract.functions.batchPriceDigest(price.as_abi())))
+        return _bytes32(call_view(self.contract.functions.batchPriceDigest(price.as_abi())))
 
     def challenge_authorization_digest(self, channel_id: ChannelId, agent: Address) -> bytes:
-        return _bytes32(self._call(self.contract.functions.challengeAuthorizationDigest(channel_id, agent)))
+        return _bytes32(call_view(self.contract.functions.challengeAuthorizationDigest(channel_id, agent)))
 
     def constant(self, name: str) -> int:
-        return int(self._call(getattr(self.contract.functions, name)()))
+        return int(call_view(getattr(self.contract.functions, name)()))
 
     # ------------------------------------------------------------ events and inputs
 
@@ -215,22 +215,15 @@ class AdjudicatorClient:
             state, Signature(bytes(args["traderSignature"])), Signature(bytes(args["brokerSignature"]))
         )
 
-    def _call(self, fn: Any) -> Any:
-        try:
-            return fn.call()
-        except Exception as exc:
-            from offchain.chain.connection import _translate
-
-            raise _translate(exc) from exc
-
 
 class TokenClient:
     """An ERC-20 collateral token (the TestToken on local chains)."""
 
-    def __init__(self, chain: Chain, address: Address) -> None:
+    def __init__(self, chain: Chain, address: Address, artifact: str = TOKEN) -> None:
+        """``artifact`` names the ABI to use; any ERC-20 artifact works for the common functions."""
         self.chain = chain
         self.address = Address(to_checksum_address(address))
-        self.contract = chain.w3.eth.contract(address=self.address, abi=load_artifact(TOKEN)["abi"])
+        self.contract = chain.w3.eth.contract(address=self.address, abi=load_artifact(artifact)["abi"])
 
     def balance_of(self, account: Address) -> TokenAmount:
         return TokenAmount(int(self.contract.functions.balanceOf(account).call()))

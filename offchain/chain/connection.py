@@ -114,13 +114,6 @@ class Transactor:
     def address(self) -> Address:
         return Address(self.account.address)
 
-    def call(self, fn: Any) -> Any:
-        """Run a view (or simulate a transaction) and decode a revert."""
-        try:
-            return fn.call({"from": self.address})
-        except Exception as exc:
-            raise _translate(exc) from exc
-
     def transact(self, fn: Any, gas: int | None = None) -> TxReceipt:
         """Send ``fn`` (a bound contract function or constructor) and wait for the receipt."""
         w3 = self.chain.w3
@@ -131,7 +124,7 @@ class Transactor:
                 estimate = int(w3.eth.estimate_gas(cast(TxParams, tx)))
                 gas = estimate * GAS_MARGIN_NUMERATOR // GAS_MARGIN_DENOMINATOR
         except Exception as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc) from exc
         tx["gas"] = gas
         tx["nonce"] = w3.eth.get_transaction_count(self.address, "pending")
         signed = self.account.sign_transaction(tx)
@@ -139,7 +132,7 @@ class Transactor:
             tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
             receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
         except Exception as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc) from exc
         if receipt["status"] != 1:
             raise self._replay_failure(tx, receipt)
         return receipt
@@ -154,7 +147,16 @@ class Transactor:
         return decode_revert(None)
 
 
-def _translate(exc: Exception) -> Exception:
+def call_view(fn: Any) -> Any:
+    """Run a bound contract view and turn a revert into its typed exception."""
+    try:
+        return fn.call()
+    except Exception as exc:
+        raise translate_error(exc) from exc
+
+
+def translate_error(exc: Exception) -> Exception:
+    """The package's exception for whatever web3 or the provider raised."""
     if isinstance(exc, ContractError):
         return exc
     if is_revert(exc):

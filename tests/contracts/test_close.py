@@ -43,13 +43,6 @@ def same(a: object, b: object) -> bool:
     return str(a).lower() == str(b).lower()
 
 
-def cosign(w: World, state: ChannelState, domain: Domain | None = None) -> CoSignedState:
-    """Both parties sign ``state`` with their raw keys (no double-sign log: adversarial tests
-    sign different states with the same version on purpose)."""
-    d = domain or w.sb.domain
-    return CoSignedState(state, w.trader.signer.sign(d, state), w.broker.signer.sign(d, state))
-
-
 def final_state(
     params: ChannelParams,
     version: int,
@@ -281,7 +274,7 @@ def test_signatures_under_another_domain_are_refused(w: World, what: str) -> Non
         domain = Domain(chain_id=domain.chain_id + 1, verifying_contract=domain.verifying_contract)
     else:
         domain = Domain(chain_id=domain.chain_id, verifying_contract=Address(to_checksum_address(w.sb.token.address)))
-    signed = cosign(w, w.plain(params, 1, final=True), domain)
+    signed = w.sign_unchecked(w.plain(params, 1, final=True), domain)
     with pytest.raises(errors.WrongSigner) as exc:
         close(w, params, signed)
     assert same(exc.value.arguments["expected"], w.trader.address)
@@ -292,7 +285,7 @@ def test_signatures_under_another_domain_are_refused(w: World, what: str) -> Non
 def test_state_signed_by_an_outsider_is_refused(w: World, slot: str) -> None:
     params = w.params()
     state = w.plain(params, 1, trader_available=TOTAL, final=True)
-    good = cosign(w, state)
+    good = w.sign_unchecked(state)
     forged = w.outsider.signer.sign(w.sb.domain, state)
     signed = (
         CoSignedState(state, forged, good.broker_signature)
@@ -308,7 +301,7 @@ def test_state_signed_by_an_outsider_is_refused(w: World, slot: str) -> None:
 
 def test_swapped_signatures_are_refused(w: World) -> None:
     params = w.params()
-    good = cosign(w, w.plain(params, 1, final=True))
+    good = w.sign_unchecked(w.plain(params, 1, final=True))
     with pytest.raises(errors.WrongSigner) as exc:
         close(w, params, CoSignedState(good.state, good.broker_signature, good.trader_signature))
     assert same(exc.value.arguments["expected"], w.trader.address)
@@ -318,7 +311,7 @@ def test_swapped_signatures_are_refused(w: World) -> None:
 @pytest.mark.parametrize("slot", ["trader", "broker"])
 def test_malleable_signature_is_refused(w: World, slot: str) -> None:
     params = w.params()
-    good = cosign(w, w.plain(params, 1, final=True))
+    good = w.sign_unchecked(w.plain(params, 1, final=True))
     signed = (
         replace(good, trader_signature=malleate(good.trader_signature))
         if slot == "trader"
@@ -343,7 +336,7 @@ MALFORMED = {
 
 def test_malformed_signature_is_refused(w: World) -> None:
     params = w.params()
-    good = cosign(w, w.plain(params, 1, final=True))
+    good = w.sign_unchecked(w.plain(params, 1, final=True))
     outcome: dict[str, str] = {}
     for name, signature in MALFORMED.items():
         for slot in ("trader_signature", "broker_signature"):
@@ -358,7 +351,7 @@ def test_malformed_signature_is_refused(w: World) -> None:
 
 def test_sixty_four_byte_truncation_of_a_valid_signature_is_refused(w: World) -> None:
     params = w.params()
-    good = cosign(w, w.plain(params, 1, final=True))
+    good = w.sign_unchecked(w.plain(params, 1, final=True))
     with pytest.raises(errors.MalformedSignature):
         close(w, params, replace(good, trader_signature=Signature(good.trader_signature[:64])))
 
@@ -369,7 +362,7 @@ def test_outcome_count_must_match_the_markets(w: World, outcomes: int) -> None:
     base = w.plain(params, 1, final=True)
     state = replace(base, outcomes=tuple(base.outcomes[0] for _ in range(outcomes)))
     with pytest.raises(errors.OutcomeCountMismatch) as exc:
-        close(w, params, cosign(w, state))
+        close(w, params, w.sign_unchecked(state))
     assert exc.value.arguments == {"outcomes": outcomes, "markets": 1}
 
 
@@ -383,12 +376,12 @@ def test_too_many_open_orders(w: World) -> None:
 
     too_many = with_orders(base, orders, 0)
     with pytest.raises(errors.FinalStateNotSettled):
-        close(w, params, cosign(w, replace(too_many, is_final=True)))
+        close(w, params, w.sign_unchecked(replace(too_many, is_final=True)))
     with pytest.raises(errors.TooManyOpenOrders) as exc:
-        w.sb.adjudicator.challenge(w.trader.transactor, params, cosign(w, too_many))
+        w.sb.adjudicator.challenge(w.trader.transactor, params, w.sign_unchecked(too_many))
     assert exc.value.arguments["count"] == 65
 
-    w.sb.adjudicator.challenge(w.trader.transactor, params, cosign(w, with_orders(base, orders[:64], 0)))
+    w.sb.adjudicator.challenge(w.trader.transactor, params, w.sign_unchecked(with_orders(base, orders[:64], 0)))
     status = w.sb.adjudicator.status(params.channel_id)
     assert (status.stage, status.kind, status.registered_version) == (Stage.DISPUTED, RegistrationKind.FINGERPRINT, 1)
 
@@ -429,14 +422,14 @@ def test_value_out_of_bounds_is_refused(w: World, field: str) -> None:
     params = w.params(markets=1)
     state = _out_of_bounds(w.plain(params, 1, final=True), field)
     with pytest.raises(errors.ValueOutOfBounds):
-        close(w, params, cosign(w, state))
+        close(w, params, w.sign_unchecked(state))
     assert w.sb.adjudicator.status(params.channel_id).stage == Stage.OPEN
 
 
 def test_values_at_the_bounds_are_accepted(w: World) -> None:
     params = w.open_channel()
     state = final_state(params, 2**48 - 1, 2**63 - 1)
-    closed = one(w, close(w, params, cosign(w, state)), "Closed")
+    closed = one(w, close(w, params, w.sign_unchecked(state)), "Closed")
     assert (closed["version"], closed["toTrader"], closed["toBroker"]) == (2**48 - 1, TOTAL, 0)
 
 
@@ -462,9 +455,9 @@ def test_close_during_a_dispute_with_a_newer_final_state(w: World) -> None:
 @pytest.mark.parametrize("version", [1, 2])
 def test_close_during_a_dispute_with_an_older_or_equal_state_is_refused(w: World, version: int) -> None:
     params = w.open_channel()
-    w.sb.adjudicator.challenge(w.trader.transactor, params, cosign(w, w.plain(params, 2)))
+    w.sb.adjudicator.challenge(w.trader.transactor, params, w.sign_unchecked(w.plain(params, 2)))
     with pytest.raises(errors.VersionNotNewer) as exc:
-        close(w, params, cosign(w, w.plain(params, version, trader_available=TOTAL, final=True)))
+        close(w, params, w.sign_unchecked(w.plain(params, version, trader_available=TOTAL, final=True)))
     assert exc.value.arguments == {"registeredVersion": 2, "version": version}
     status = w.sb.adjudicator.status(params.channel_id)
     assert (status.stage, status.registered_version) == (Stage.DISPUTED, 2)

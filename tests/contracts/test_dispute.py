@@ -61,13 +61,6 @@ def price(dollars: int, cents: int = 0) -> int:
     return dollars * 10**8 + cents * 10**6
 
 
-def cosign(w: World, state: ChannelState) -> CoSignedState:
-    """Both parties sign ``state`` straight from its digest: no bound checks and no double-sign log,
-    so that tests can sign out-of-range states or two states with the same version."""
-    digest = w.sb.domain.state_digest(state)
-    return CoSignedState(state, w.trader.signer.sign_digest(digest), w.broker.signer.sign_digest(digest))
-
-
 def authorization(w: World, participant: Party, channel_id: ChannelId, agent: Address) -> bytes:
     return participant.signer.sign(w.sb.domain, ChallengeAuthorization(channel_id, agent))
 
@@ -288,7 +281,7 @@ def test_anyone_refutes_with_a_newer_state(w: World) -> None:
 def test_refute_with_an_equal_or_older_version_is_refused(w: World, version: int) -> None:
     params = w.open_channel()
     challenge(w, params, w.sign(w.plain(params, 5)))
-    stale = cosign(w, w.plain(params, version, trader_available=123 * USD))
+    stale = w.sign_unchecked(w.plain(params, version, trader_available=123 * USD))
     with pytest.raises(errors.VersionNotNewer) as exc:
         w.sb.adjudicator.refute(w.broker.transactor, params, stale)
     assert exc.value.arguments == {"registeredVersion": 5, "version": version}
@@ -801,7 +794,7 @@ def _out_of_bounds(params: ChannelParams, field: str, base: ChannelState) -> Cha
 @pytest.mark.parametrize("field", ["version", "position", "last_batch", "trader_available", "broker_locked"])
 def test_out_of_range_values_are_refused(w: World, field: str) -> None:
     params = w.open_channel(1)
-    bad = cosign(w, _out_of_bounds(params, field, w.plain(params, 5)))
+    bad = w.sign_unchecked(_out_of_bounds(params, field, w.plain(params, 5)))
     with pytest.raises(errors.ValueOutOfBounds) as exc:
         challenge(w, params, bad)
     assert exc.value.arguments == {}
@@ -829,7 +822,7 @@ def test_state_with_the_wrong_number_of_outcomes_is_refused(w: World, outcomes: 
     empty = Outcome(SyntheticAmount(0), TokenAmount(0), BatchNumber(0))
     state = replace(w.plain(params, 1), outcomes=(empty,) * outcomes)
     with pytest.raises(errors.OutcomeCountMismatch) as exc:
-        challenge(w, params, cosign(w, state))
+        challenge(w, params, w.sign_unchecked(state))
     assert exc.value.arguments == {"outcomes": outcomes, "markets": 1}
 
 

@@ -13,9 +13,15 @@ from eth_utils.crypto import keccak
 from hypothesis import given
 from hypothesis import strategies as st
 
-from offchain.eip712 import Domain, typed_data
-from offchain.errors import DoubleSignError, MalleableSignatureError, SignatureError, WrongSignerError
-from offchain.model import ChannelState
+from offchain.eip712 import Domain, Signable, typed_data
+from offchain.errors import (
+    DoubleSignError,
+    MalleableSignatureError,
+    SignatureError,
+    ValidationError,
+    WrongSignerError,
+)
+from offchain.model import BatchPrice, ChallengeAuthorization, ChannelState
 from offchain.signing import (
     HALF_N,
     SECP256K1_N,
@@ -29,8 +35,8 @@ from offchain.signing import (
     recover,
     verify,
 )
-from offchain.types import ChannelId, Signature, TokenAmount, Version
-from tests.unit.test_model import SETTINGS, addr, make_balances, make_state
+from offchain.types import BatchNumber, ChannelId, MarketId, Price, Signature, TokenAmount, Version
+from tests.unit.test_model import SETTINGS, addr, make_balances, make_order, make_state
 
 DOMAIN = Domain(chain_id=1337, verifying_contract=addr(0xAD))
 TRADER = LocalSigner(keccak(text="unit tests: trader"))
@@ -268,3 +274,24 @@ def test_co_signed_state_rejects_tampering() -> None:
         replace(cs, broker_signature=malleate(cs.broker_signature)).verify(DOMAIN, TRADER.address, BROKER.address)
     with pytest.raises(SignatureError):
         replace(cs, trader_signature=Signature(cs.trader_signature[:64])).verify(DOMAIN, TRADER.address, BROKER.address)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        make_state(version=Version(2**48)),
+        make_state(balances=make_balances(trader_available=TokenAmount(2**63))),
+        make_order(amount_synthetic=2**64),
+        make_order(expiration=2**32),
+        BatchPrice(market=MarketId(1), batch=BatchNumber(2**64), price=Price(1)),
+        ChallengeAuthorization(channel_id=ChannelId(b"\x01" * 31), agent=addr(1)),
+    ],
+    ids=["version", "balance", "order_amount", "order_expiration", "batch", "short_channel_id"],
+)
+def test_nothing_out_of_range_gets_signed(obj: Signable) -> None:
+    """Bad input never reaches a signature: the signer raises a typed error instead."""
+    with pytest.raises(ValidationError):
+        TRADER.sign(DOMAIN, obj)
+    if isinstance(obj, ChannelState):
+        with pytest.raises(ValidationError):
+            StateSigner(TRADER, DOMAIN).sign_state(obj)
