@@ -1,0 +1,1 @@
+"""The pure core: the channel state machine, the order rules and the batch auction (no I/O)."""
