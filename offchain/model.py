@@ -238,25 +238,25 @@ class ChannelParams:
 
     @classmethod
     def from_json(cls, data: object) -> ChannelParams:
-        obj = _object(data, "params")
+        obj = json_object(data, "params")
         markets = tuple(
             Market(
-                id=MarketId(_int(m, "id")),
+                id=MarketId(decimal_field(m, "id")),
                 feed=_address(m, "feed"),
-                resolution=_int(m, "resolution"),
-                risk_factor=_int(m, "risk_factor"),
-                max_price_age=_int(m, "max_price_age"),
+                resolution=decimal_field(m, "resolution"),
+                risk_factor=decimal_field(m, "risk_factor"),
+                max_price_age=decimal_field(m, "max_price_age"),
             )
-            for m in (_object(x, "market") for x in _list(obj, "markets"))
+            for m in (json_object(x, "market") for x in _list(obj, "markets"))
         )
         return cls(
-            chain_id=_int(obj, "chain_id"),
+            chain_id=decimal_field(obj, "chain_id"),
             adjudicator=_address(obj, "adjudicator"),
             trader=_address(obj, "trader"),
             broker=_address(obj, "broker"),
             token=_address(obj, "token"),
-            challenge_duration=_int(obj, "challenge_duration"),
-            nonce=_int(obj, "nonce"),
+            challenge_duration=decimal_field(obj, "challenge_duration"),
+            nonce=decimal_field(obj, "nonce"),
             markets=markets,
         )
 
@@ -331,14 +331,14 @@ class Balances:
 
     @classmethod
     def from_json(cls, data: object) -> Balances:
-        obj = _object(data, "balances")
+        obj = json_object(data, "balances")
         return cls(
-            trader_available=TokenAmount(_int(obj, "trader_available")),
-            trader_locked=TokenAmount(_int(obj, "trader_locked")),
-            broker_available=TokenAmount(_int(obj, "broker_available")),
-            broker_locked=TokenAmount(_int(obj, "broker_locked")),
-            trader_deposit=TokenAmount(_int(obj, "trader_deposit")),
-            broker_deposit=TokenAmount(_int(obj, "broker_deposit")),
+            trader_available=TokenAmount(decimal_field(obj, "trader_available")),
+            trader_locked=TokenAmount(decimal_field(obj, "trader_locked")),
+            broker_available=TokenAmount(decimal_field(obj, "broker_available")),
+            broker_locked=TokenAmount(decimal_field(obj, "broker_locked")),
+            trader_deposit=TokenAmount(decimal_field(obj, "trader_deposit")),
+            broker_deposit=TokenAmount(decimal_field(obj, "broker_deposit")),
         ).check()
 
 
@@ -401,21 +401,21 @@ class Order:
 
     @classmethod
     def from_json(cls, data: object) -> Order:
-        obj = _object(data, "order")
+        obj = json_object(data, "order")
         side = obj.get("side")
         if side not in ("buy", "sell"):
             raise ValidationError(f"order.side must be 'buy' or 'sell', got {side!r}")
         return cls(
-            channel_id=ChannelId(_bytes(obj, "channel_id", 32)),
+            channel_id=ChannelId(hex_field(obj, "channel_id", 32)),
             trader=_address(obj, "trader"),
             collateral=_address(obj, "collateral"),
-            market=MarketId(_int(obj, "market")),
+            market=MarketId(decimal_field(obj, "market")),
             is_buy=side == "buy",
-            amount_synthetic=SyntheticAmount(_int(obj, "amount_synthetic")),
-            amount_collateral=TokenAmount(_int(obj, "amount_collateral")),
-            max_fee=TokenAmount(_int(obj, "max_fee")),
-            nonce=Nonce(_int(obj, "nonce")),
-            expiration=ExpirationHours(_int(obj, "expiration")),
+            amount_synthetic=SyntheticAmount(decimal_field(obj, "amount_synthetic")),
+            amount_collateral=TokenAmount(decimal_field(obj, "amount_collateral")),
+            max_fee=TokenAmount(decimal_field(obj, "max_fee")),
+            nonce=Nonce(decimal_field(obj, "nonce")),
+            expiration=ExpirationHours(decimal_field(obj, "expiration")),
         ).check()
 
 
@@ -449,12 +449,12 @@ class OpenOrder:
 
     @classmethod
     def from_json(cls, data: object) -> OpenOrder:
-        obj = _object(data, "open_order")
+        obj = json_object(data, "open_order")
         return cls(
             order=Order.from_json(obj.get("order")),
-            signature=Signature(_bytes(obj, "signature", 65)),
-            filled=SyntheticAmount(_int(obj, "filled")),
-            first_batch=BatchNumber(_int(obj, "first_batch")),
+            signature=Signature(hex_field(obj, "signature", 65)),
+            filled=SyntheticAmount(decimal_field(obj, "filled")),
+            first_batch=BatchNumber(decimal_field(obj, "first_batch")),
         ).check()
 
 
@@ -480,11 +480,11 @@ class Outcome:
 
     @classmethod
     def from_json(cls, data: object) -> Outcome:
-        obj = _object(data, "outcome")
+        obj = json_object(data, "outcome")
         return cls(
-            position=SyntheticAmount(_int(obj, "position")),
-            fees=TokenAmount(_int(obj, "fees")),
-            last_batch=BatchNumber(_int(obj, "last_batch")),
+            position=SyntheticAmount(decimal_field(obj, "position")),
+            fees=TokenAmount(decimal_field(obj, "fees")),
+            last_batch=BatchNumber(decimal_field(obj, "last_batch")),
         ).check()
 
 
@@ -533,7 +533,7 @@ class ChannelState:
             raise ValidationError("final must be a boolean")
         state = cls(
             channel_id=channel_id,
-            version=Version(_parse_int(version_raw, "increment")),
+            version=Version(parse_decimal(version_raw, "increment")),
             balances=Balances.from_json(balances),
             open_orders=tuple(OpenOrder.from_json(o) for o in orders),
             outcomes=tuple(Outcome.from_json(o) for o in outcomes),
@@ -606,9 +606,11 @@ class BatchPrice:
 
     @classmethod
     def from_json(cls, data: object) -> BatchPrice:
-        obj = _object(data, "batch_price")
+        obj = json_object(data, "batch_price")
         return cls(
-            market=MarketId(_int(obj, "market")), batch=BatchNumber(_int(obj, "batch")), price=Price(_int(obj, "price"))
+            market=MarketId(decimal_field(obj, "market")),
+            batch=BatchNumber(decimal_field(obj, "batch")),
+            price=Price(decimal_field(obj, "price")),
         ).check()
 
 
@@ -635,7 +637,7 @@ def check_signable(obj: ChannelState | Order | BatchPrice | ChallengeAuthorizati
 # --------------------------------------------------------------------------- JSON helpers
 
 
-def _object(data: object, what: str) -> dict[str, Any]:
+def json_object(data: object, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValidationError(f"{what} must be an object")
     return data
@@ -648,7 +650,7 @@ def _list(obj: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _parse_int(raw: object, name: str) -> int:
+def parse_decimal(raw: object, name: str) -> int:
     """Amounts travel as decimal strings: '-12', '0', '340'. Nothing else is accepted."""
     if not isinstance(raw, str):
         raise ValidationError(f"{name} must be a decimal string, got {type(raw).__name__}")
@@ -660,17 +662,17 @@ def _parse_int(raw: object, name: str) -> int:
     return int(raw)
 
 
-def _int(obj: dict[str, Any], key: str) -> int:
+def decimal_field(obj: dict[str, Any], key: str) -> int:
     if key not in obj:
         raise ValidationError(f"missing field {key}")
-    return _parse_int(obj[key], key)
+    return parse_decimal(obj[key], key)
 
 
 def _address(obj: dict[str, Any], key: str) -> Address:
     return check_address(key, obj.get(key))
 
 
-def _bytes(obj: dict[str, Any], key: str, length: int) -> bytes:
+def hex_field(obj: dict[str, Any], key: str, length: int) -> bytes:
     raw = obj.get(key)
     if not isinstance(raw, str) or not raw.startswith("0x") or len(raw) != 2 + 2 * length:
         raise ValidationError(f"{key} must be 0x-hex of {length} bytes")
