@@ -1,0 +1,313 @@
+"""A :class:`offchain.store.Store` in memory: same behaviour as the SQLite store, no durability.
+
+For tests and benchmarks. It validates and refuses exactly what :class:`SQLiteStore` does (the
+checks live in :mod:`offchain.store.base`) and keeps JSON values as text, so a caller gets back a
+fresh copy, never an object it could still be mutating. Transactions are real: every change is
+recorded in an undo log, and an exception leaving a (possibly nested) transaction undoes that
+transaction's changes, so an aborted batch of writes leaves nothing behind here either.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from offchain.errors import ValidationError
+from offchain.model import ChannelParams, ChannelState, check_amount, check_uint32
+from offchain.store.base import (
+    ChannelRecord,
+    StoredBatchPrice,
+    StoredOrder,
+    StoredState,
+    StoreError,
+    check_bytes,
+    check_channel_record,
+    check_stored_batch_price,
+    check_stored_order,
+    check_stored_state,
+    check_str,
+    check_version,
+    encode_json,
+    normalise_broker,
+    same_state,
+)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _key(channel_id: bytes) -> str:
+    return "channel 0x" + channel_id.hex()
+
+
+class MemoryStore:
+    """Every record in dicts, guarded by one re-entrant lock (thread-safe like SQLiteStore)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._closed = False
+        self._undo: list[Callable[[], object]] = []
+        self._channels: dict[bytes, tuple[ChannelParams, str]] = {}
+        self._states: dict[tuple[bytes, int], StoredState] = {}
+        self._latest: dict[bytes, int] = {}
+        self._latest_co_signed: dict[bytes, int] = {}
+        self._signed: dict[tuple[bytes, int], bytes] = {}
+        self._orders: dict[bytes, dict[int, StoredOrder]] = {}
+        self._prices: dict[tuple[str, int, int], list[StoredBatchPrice]] = {}
+        self._latest_prices: dict[str, dict[int, StoredBatchPrice]] = {}
+        self._pending: dict[bytes, str] = {}
+        self._meta: dict[str, dict[str, str]] = {}
+
+    # ------------------------------------------------------------------ lifetime and transactions
+
+    def close(self) -> None:
+        """Make the store unusable (the data is dropped with it). Idempotent; raises StoreError
+        inside a transaction."""
+        with self._lock:
+            if self._depth:
+                raise StoreError("close() inside a transaction")
+            self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes; an exception leaving the block undoes the block's writes (a nested block
+        undoes only its own) and propagates. Other threads wait until the block ends."""
+        with self._lock:
+            self._check_open()
+            mark = len(self._undo)
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                while len(self._undo) > mark:
+                    self._undo.pop()()
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._undo.clear()
+
+    def _set(self, mapping: dict[K, V], key: K, value: V) -> None:
+        """``mapping[key] = value``, undoable. Call only inside a transaction."""
+        if key in mapping:
+            old = mapping[key]
+            self._undo.append(lambda: mapping.__setitem__(key, old))
+        else:
+            self._undo.append(lambda: mapping.pop(key, None))
+        mapping[key] = value
+
+    def _delete(self, mapping: dict[K, V], key: K) -> None:
+        """``del mapping[key]`` if present, undoable. Call only inside a transaction."""
+        if key in mapping:
+            old = mapping.pop(key)
+            self._undo.append(lambda: mapping.__setitem__(key, old))
+
+    def _read(self) -> threading.RLock:
+        """The lock, after checking the store is open (for readers)."""
+        self._check_open()
+        return self._lock
+
+    # ------------------------------------------------------------------ channels
+
+    def put_channel(self, record: ChannelRecord) -> None:
+        meta = check_channel_record(record)
+        with self.transaction():
+            self._set(self._channels, record.channel_id, (record.params, meta))
+
+    def channel(self, channel_id: bytes) -> ChannelRecord | None:
+        with self._read():
+            entry = self._channels.get(channel_id)
+        return None if entry is None else ChannelRecord(channel_id, entry[0], json.loads(entry[1]))
+
+    def channels(self) -> list[ChannelRecord]:
+        with self._read():
+            entries = list(self._channels.items())
+        return [ChannelRecord(channel_id, params, json.loads(meta)) for channel_id, (params, meta) in entries]
+
+    # ------------------------------------------------------------------ states
+
+    def put_state(self, state: ChannelState, trader_signature: bytes | None, broker_signature: bytes | None) -> None:
+        check_stored_state(state, trader_signature, broker_signature)
+        channel_id, version = state.channel_id, state.version
+        with self.transaction():
+            existing = self._states.get((channel_id, version))
+            if existing is None:
+                stored = StoredState(state, trader_signature, broker_signature)
+            else:
+                if not same_state(existing.state, state):
+                    raise StoreError(
+                        f"refusing to overwrite the stored state of {_key(channel_id)}, version {version} "
+                        "with a different one"
+                    )
+                if trader_signature is None and broker_signature is None:
+                    return
+                stored = StoredState(
+                    existing.state,
+                    existing.trader_signature if trader_signature is None else trader_signature,
+                    existing.broker_signature if broker_signature is None else broker_signature,
+                )
+            self._set(self._states, (channel_id, version), stored)
+            if version > self._latest.get(channel_id, -1):
+                self._set(self._latest, channel_id, version)
+            if stored.co_signed and version > self._latest_co_signed.get(channel_id, -1):
+                self._set(self._latest_co_signed, channel_id, version)
+
+    def state(self, channel_id: bytes, version: int) -> StoredState | None:
+        check_version(version)
+        with self._read():
+            return self._states.get((channel_id, version))
+
+    def latest_state(self, channel_id: bytes) -> StoredState | None:
+        with self._read():
+            version = self._latest.get(channel_id)
+            return None if version is None else self._states[(channel_id, version)]
+
+    def latest_co_signed(self, channel_id: bytes) -> StoredState | None:
+        with self._read():
+            version = self._latest_co_signed.get(channel_id)
+            return None if version is None else self._states[(channel_id, version)]
+
+    # ------------------------------------------------------------------ signed versions
+
+    def signed_digest(self, channel_id: bytes, version: int) -> bytes | None:
+        check_version(version)
+        with self._read():
+            return self._signed.get((channel_id, version))
+
+    def record_signed(self, channel_id: bytes, version: int, digest: bytes) -> None:
+        check_bytes("channel_id", channel_id, 32)
+        check_bytes("digest", digest, 32)
+        check_version(version)
+        with self.transaction():
+            previous = self._signed.get((channel_id, version))
+            if previous is None:
+                self._set(self._signed, (channel_id, version), digest)
+            elif previous != digest:
+                raise StoreError(
+                    f"{_key(channel_id)}, version {version}: a different digest is already recorded as signed"
+                )
+
+    # ------------------------------------------------------------------ orders
+
+    def put_order(self, order: StoredOrder) -> None:
+        check_stored_order(order)
+        with self.transaction():
+            by_nonce = self._orders.get(order.channel_id)
+            if by_nonce is None:
+                by_nonce = {}
+                self._set(self._orders, order.channel_id, by_nonce)
+            existing = by_nonce.get(order.nonce)
+            if existing is None:
+                self._set(by_nonce, order.nonce, order)
+            elif existing.order.to_json() != order.order.to_json() or existing.signature != order.signature:
+                raise StoreError(
+                    f"refusing to overwrite the stored order of {_key(order.channel_id)}, nonce {order.nonce} "
+                    "with a different one"
+                )
+
+    def orders(self, channel_id: bytes) -> list[StoredOrder]:
+        with self._read():
+            return list(self._orders.get(channel_id, {}).values())
+
+    # ------------------------------------------------------------------ batch prices
+
+    def put_batch_price(self, price: StoredBatchPrice) -> bool:
+        price = check_stored_batch_price(price)
+        p = price.price
+        key = (price.broker, int(p.market), int(p.batch))
+        with self.transaction():
+            same_batch = self._prices.get(key)
+            if same_batch is None:
+                same_batch = []
+                self._set(self._prices, key, same_batch)
+            if price in same_batch:
+                return False
+            same_batch.append(price)
+            self._undo.append(same_batch.pop)
+            latest = self._latest_prices.get(price.broker)
+            if latest is None:
+                latest = {}
+                self._set(self._latest_prices, price.broker, latest)
+            current = latest.get(p.market)
+            # Becomes the market's latest only with a strictly higher batch: on a tie the first stays.
+            if current is None or p.batch > current.price.batch:
+                self._set(latest, int(p.market), price)
+            return True
+
+    def batch_prices(self, broker: str, market: int, batch: int) -> list[StoredBatchPrice]:
+        broker = normalise_broker(broker)
+        check_uint32("market", market)
+        check_amount("batch", batch)
+        with self._read():
+            return list(self._prices.get((broker, market, batch), ()))
+
+    def latest_batch_prices(self, broker: str) -> dict[int, StoredBatchPrice]:
+        broker = normalise_broker(broker)
+        with self._read():
+            latest = self._latest_prices.get(broker, {})
+            return {market: latest[market] for market in sorted(latest)}
+
+    # ------------------------------------------------------------------ pending proposal
+
+    def put_pending(self, channel_id: bytes, message: dict[str, Any] | None) -> None:
+        check_bytes("channel_id", channel_id, 32)
+        if message is not None and not isinstance(message, dict):
+            raise ValidationError("a pending message must be a JSON object or None")
+        text = None if message is None else encode_json(message, "pending message")
+        with self.transaction():
+            if text is None:
+                self._delete(self._pending, channel_id)
+            else:
+                self._set(self._pending, channel_id, text)
+
+    def pending(self, channel_id: bytes) -> dict[str, Any] | None:
+        with self._read():
+            text = self._pending.get(channel_id)
+        if text is None:
+            return None
+        message: dict[str, Any] = json.loads(text)
+        return message
+
+    # ------------------------------------------------------------------ agent bookkeeping
+
+    def put_meta(self, namespace: str, key: str, value: Any) -> None:
+        check_str("namespace", namespace)
+        check_str("key", key)
+        text = None if value is None else encode_json(value, f"meta {namespace}/{key}")
+        with self.transaction():
+            keys = self._meta.get(namespace)
+            if text is None:
+                if keys is not None:
+                    self._delete(keys, key)
+                return
+            if keys is None:
+                keys = {}
+                self._set(self._meta, namespace, keys)
+            self._set(keys, key, text)
+
+    def meta(self, namespace: str, key: str) -> Any | None:
+        with self._read():
+            text = self._meta.get(namespace, {}).get(key)
+        return None if text is None else json.loads(text)
+
+    def meta_items(self, namespace: str) -> dict[str, Any]:
+        with self._read():
+            items = sorted(self._meta.get(namespace, {}).items())
+        return {key: json.loads(text) for key, text in items}

@@ -1,0 +1,595 @@
+"""The default durable store: one SQLite file in WAL mode.
+
+Durability: ``PRAGMA synchronous=FULL`` by default, so a commit has reached the disk (the WAL is
+fsynced) when the write method, or the outermost :meth:`SQLiteStore.transaction`, returns. A
+party that is killed (even with ``kill -9``) between any two steps restarts from what was
+committed; an uncommitted transaction leaves no trace.
+
+Exclusivity: an ``flock(LOCK_EX | LOCK_NB)`` on ``<path>.lock`` is held from opening until
+:meth:`SQLiteStore.close`. A second store on the same file, in this process or another, raises
+:class:`StoreLockedError` at once. The kernel drops the lock when the holder dies, so a killed
+process never leaves a stale lock behind (the lock file itself stays; it is never deleted, as
+deleting lock files races with the next opener).
+
+Encoding: bytes are BLOBs; states, orders, params and agent JSON are canonical JSON text whose
+amounts are already decimal strings. Versions (< 2^48) are INTEGER, which sorts numerically.
+Order nonces and batch numbers go up to 2^64 - 1, beyond SQLite's signed 64-bit INTEGER, so they
+are TEXT of exactly 20 zero-padded decimal digits, which sorts like the numbers do.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import TracebackType
+from typing import Any, Self
+
+from offchain.errors import ValidationError
+from offchain.model import BatchPrice, ChannelParams, ChannelState, Order, check_amount, check_uint32
+from offchain.store.base import (
+    ChannelRecord,
+    StoreCorruptError,
+    StoredBatchPrice,
+    StoredOrder,
+    StoredState,
+    StoreError,
+    StoreLockedError,
+    check_bytes,
+    check_channel_record,
+    check_stored_batch_price,
+    check_stored_order,
+    check_stored_state,
+    check_str,
+    check_version,
+    encode_json,
+    normalise_broker,
+)
+from offchain.types import BatchNumber, ChannelId, MarketId, Price
+
+SCHEMA_VERSION = 1
+"""Kept in ``PRAGMA user_version``; a file with a higher number is refused (StoreCorruptError)."""
+
+SYNCHRONOUS_LEVELS = {"NORMAL": 1, "FULL": 2, "EXTRA": 3}
+
+_SCHEMA = (
+    # seq is the rowid: channels() lists them in the order first stored (nothing is ever deleted).
+    """CREATE TABLE IF NOT EXISTS channels (
+        seq INTEGER PRIMARY KEY,
+        channel_id BLOB NOT NULL UNIQUE,
+        params TEXT NOT NULL,
+        meta TEXT NOT NULL
+    )""",
+    # version < 2^48: INTEGER holds it and ORDER BY version is numeric.
+    """CREATE TABLE IF NOT EXISTS states (
+        channel_id BLOB NOT NULL,
+        version INTEGER NOT NULL,
+        is_final INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        trader_signature BLOB,
+        broker_signature BLOB,
+        PRIMARY KEY (channel_id, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS signed (
+        channel_id BLOB NOT NULL,
+        version INTEGER NOT NULL,
+        digest BLOB NOT NULL,
+        PRIMARY KEY (channel_id, version)
+    ) WITHOUT ROWID""",
+    # nonce < 2^64: 20-digit zero-padded TEXT (see the module docstring).
+    """CREATE TABLE IF NOT EXISTS orders (
+        seq INTEGER PRIMARY KEY,
+        channel_id BLOB NOT NULL,
+        nonce TEXT NOT NULL,
+        body TEXT NOT NULL,
+        signature BLOB NOT NULL,
+        UNIQUE (channel_id, nonce)
+    )""",
+    # batch < 2^64: 20-digit zero-padded TEXT, so batch comparisons and ORDER BY batch are numeric.
+    # price: canonical decimal TEXT. Several rows per (broker, market, batch) are allowed on purpose.
+    """CREATE TABLE IF NOT EXISTS batch_prices (
+        seq INTEGER PRIMARY KEY,
+        broker TEXT NOT NULL,
+        market INTEGER NOT NULL,
+        batch TEXT NOT NULL,
+        price TEXT NOT NULL,
+        signature BLOB NOT NULL,
+        UNIQUE (broker, market, batch, price, signature)
+    )""",
+    # Per (broker, market) the row latest_batch_prices() returns, maintained on insert.
+    """CREATE TABLE IF NOT EXISTS latest_batch_prices (
+        broker TEXT NOT NULL,
+        market INTEGER NOT NULL,
+        seq INTEGER NOT NULL REFERENCES batch_prices (seq),
+        PRIMARY KEY (broker, market)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS pending (
+        channel_id BLOB PRIMARY KEY,
+        message TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS meta (
+        namespace TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (namespace, key)
+    )""",
+)
+
+_STATE_COLUMNS = "channel_id, version, is_final, body, trader_signature, broker_signature"
+_PRICE_COLUMNS = "broker, market, batch, price, signature"
+
+
+def _u64_text(value: int) -> str:
+    """A number < 2^64 as 20 zero-padded digits (sorts as the numbers do)."""
+    return f"{value:020d}"
+
+
+def _key(channel_id: bytes) -> str:
+    return "channel 0x" + channel_id.hex()
+
+
+def _store_error(exc: sqlite3.Error) -> StoreError:
+    if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreCorruptError(f"the database is corrupt: {exc}")
+    return StoreError(f"SQLite: {exc}")
+
+
+class SQLiteStore:
+    """A :class:`offchain.store.Store` in one SQLite file (WAL, ``synchronous`` FULL by default,
+    exclusive file lock). One connection, shared by every thread under a re-entrant lock."""
+
+    def __init__(self, path: str | os.PathLike[str], synchronous: str = "FULL") -> None:
+        if not isinstance(synchronous, str) or synchronous.upper() not in SYNCHRONOUS_LEVELS:
+            raise ValidationError(f"synchronous must be one of FULL, NORMAL, EXTRA; got {synchronous!r}")
+        self.path = os.fspath(path)
+        self.synchronous = synchronous.upper()
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd = self._acquire_file_lock()
+        try:
+            self._conn = self._connect()
+        except BaseException:
+            self._release_file_lock()
+            raise
+
+    # ------------------------------------------------------------------ opening and closing
+
+    def _acquire_file_lock(self) -> int:
+        lock_path = os.path.realpath(self.path) + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock file {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreLockedError(f"another process is using this store: {self.path}") from exc
+            raise StoreError(f"cannot lock {lock_path}: {exc}") from exc
+        return fd
+
+    def _release_file_lock(self) -> None:
+        if self._lock_fd >= 0:
+            fd, self._lock_fd = self._lock_fd, -1
+            with suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: journal_mode=WAL did not take (got {mode})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            level = conn.execute("PRAGMA synchronous").fetchone()[0]
+            if level != SYNCHRONOUS_LEVELS[self.synchronous]:
+                raise StoreError(f"{self.path}: synchronous={self.synchronous} did not take (got {level})")
+            conn.execute("PRAGMA foreign_keys=ON")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreCorruptError(
+                    f"{self.path} has schema version {version}; this code knows versions up to {SCHEMA_VERSION}"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return conn
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _store_error(exc) from exc
+            raise
+
+    def close(self) -> None:
+        """Close the database (checkpointing the WAL) and release the file lock. Idempotent.
+        Raises StoreError if called inside a transaction."""
+        with self._lock:
+            if self._depth:
+                raise StoreError("close() inside a transaction")
+            conn, self._conn = self._conn, None
+            try:
+                if conn is not None:
+                    conn.close()
+            finally:
+                self._release_file_lock()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A store dropped without close() still releases its lock (best effort).
+        with suppress(Exception):
+            if self._conn is not None and not self._depth:
+                self._conn.close()
+            self._release_file_lock()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the thread lock, with SQLite errors turned into StoreError."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError("the store is closed")
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise _store_error(exc) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One commit for every write inside (``BEGIN IMMEDIATE`` ... ``COMMIT``: one fsync). A
+        nested call is a savepoint of the enclosing transaction. An exception leaving the block
+        rolls back the block's writes and propagates; other threads wait until the block ends."""
+        with self._db() as conn:
+            depth = self._depth
+            savepoint = f"sp{depth}"
+            conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
+            self._depth = depth + 1
+            try:
+                yield
+            except BaseException:
+                self._depth = depth
+                self._roll_back(conn, depth, savepoint)
+                raise
+            self._depth = depth
+            try:
+                conn.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
+            except sqlite3.Error:
+                self._roll_back(conn, depth, savepoint)
+                raise
+
+    @staticmethod
+    def _roll_back(conn: sqlite3.Connection, depth: int, savepoint: str) -> None:
+        # SQLite may already have rolled back by itself (some I/O errors do); nothing to undo then.
+        with suppress(sqlite3.Error):
+            if depth == 0:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            else:
+                conn.execute(f"ROLLBACK TO {savepoint}")
+                conn.execute(f"RELEASE {savepoint}")
+
+    def _corrupt(self, table: str, key: str, detail: object) -> StoreCorruptError:
+        return StoreCorruptError(f"{self.path}: unreadable row in {table} ({key}): {detail}")
+
+    def _json(self, table: str, key: str, text: object) -> Any:
+        if not isinstance(text, str):
+            raise self._corrupt(table, key, f"expected JSON text, found {type(text).__name__}")
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise self._corrupt(table, key, f"bad JSON: {exc}") from exc
+
+    # ------------------------------------------------------------------ channels
+
+    def put_channel(self, record: ChannelRecord) -> None:
+        meta = check_channel_record(record)
+        params = encode_json(record.params.to_json(), "params", check_round_trip=False)
+        with self.transaction(), self._db() as conn:
+            conn.execute(
+                "INSERT INTO channels (channel_id, params, meta) VALUES (?, ?, ?) "
+                "ON CONFLICT (channel_id) DO UPDATE SET params = excluded.params, meta = excluded.meta",
+                (record.channel_id, params, meta),
+            )
+
+    def channel(self, channel_id: bytes) -> ChannelRecord | None:
+        with self._db() as conn:
+            row = conn.execute(
+                "SELECT channel_id, params, meta FROM channels WHERE channel_id = ?", (channel_id,)
+            ).fetchone()
+        return None if row is None else self._channel_record(row)
+
+    def channels(self) -> list[ChannelRecord]:
+        with self._db() as conn:
+            rows = conn.execute("SELECT channel_id, params, meta FROM channels ORDER BY seq").fetchall()
+        return [self._channel_record(row) for row in rows]
+
+    def _channel_record(self, row: tuple[Any, ...]) -> ChannelRecord:
+        channel_id, params_text, meta_text = row
+        key = _key(channel_id)
+        try:
+            params = ChannelParams.from_json(self._json("channels", key, params_text))
+        except ValidationError as exc:
+            raise self._corrupt("channels", key, exc.reason) from exc
+        if params.channel_id != channel_id:
+            raise self._corrupt("channels", key, "params hash to another channel id")
+        meta = self._json("channels", key, meta_text)
+        if not isinstance(meta, dict):
+            raise self._corrupt("channels", key, "meta is not a JSON object")
+        return ChannelRecord(channel_id=channel_id, params=params, meta=meta)
+
+    # ------------------------------------------------------------------ states
+
+    def put_state(self, state: ChannelState, trader_signature: bytes | None, broker_signature: bytes | None) -> None:
+        check_stored_state(state, trader_signature, broker_signature)
+        body = state.to_json()
+        with self.transaction(), self._db() as conn:
+            row = conn.execute(
+                "SELECT is_final, body FROM states WHERE channel_id = ? AND version = ?",
+                (state.channel_id, state.version),
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    f"INSERT INTO states ({_STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        state.channel_id,
+                        state.version,
+                        int(state.is_final),
+                        encode_json(body, "state", check_round_trip=False),
+                        trader_signature,
+                        broker_signature,
+                    ),
+                )
+                return
+            key = f"{_key(state.channel_id)}, version {state.version}"
+            if row[0] != int(state.is_final) or self._json("states", key, row[1]) != body:
+                raise StoreError(f"refusing to overwrite the stored state of {key} with a different one")
+            if trader_signature is not None or broker_signature is not None:
+                conn.execute(
+                    "UPDATE states SET trader_signature = COALESCE(?, trader_signature), "
+                    "broker_signature = COALESCE(?, broker_signature) WHERE channel_id = ? AND version = ?",
+                    (trader_signature, broker_signature, state.channel_id, state.version),
+                )
+
+    def state(self, channel_id: bytes, version: int) -> StoredState | None:
+        check_version(version)
+        with self._db() as conn:
+            row = conn.execute(
+                f"SELECT {_STATE_COLUMNS} FROM states WHERE channel_id = ? AND version = ?", (channel_id, version)
+            ).fetchone()
+        return None if row is None else self._stored_state(row)
+
+    def latest_state(self, channel_id: bytes) -> StoredState | None:
+        with self._db() as conn:
+            row = conn.execute(
+                f"SELECT {_STATE_COLUMNS} FROM states WHERE channel_id = ? ORDER BY version DESC LIMIT 1",
+                (channel_id,),
+            ).fetchone()
+        return None if row is None else self._stored_state(row)
+
+    def latest_co_signed(self, channel_id: bytes) -> StoredState | None:
+        with self._db() as conn:
+            row = conn.execute(
+                f"SELECT {_STATE_COLUMNS} FROM states WHERE channel_id = ? "
+                "AND trader_signature IS NOT NULL AND broker_signature IS NOT NULL "
+                "ORDER BY version DESC LIMIT 1",
+                (channel_id,),
+            ).fetchone()
+        return None if row is None else self._stored_state(row)
+
+    def _stored_state(self, row: tuple[Any, ...]) -> StoredState:
+        channel_id, version, is_final, body, trader_signature, broker_signature = row
+        key = f"{_key(channel_id)}, version {version}"
+        if is_final not in (0, 1):
+            raise self._corrupt("states", key, f"is_final is {is_final!r}")
+        try:
+            state = ChannelState.from_json(ChannelId(channel_id), bool(is_final), self._json("states", key, body))
+        except ValidationError as exc:
+            raise self._corrupt("states", key, exc.reason) from exc
+        if state.version != version:
+            raise self._corrupt("states", key, f"the body has version {state.version}")
+        for signature in (trader_signature, broker_signature):
+            if signature is not None and not isinstance(signature, bytes):
+                raise self._corrupt("states", key, "a signature is not a BLOB")
+        return StoredState(state, trader_signature, broker_signature)
+
+    # ------------------------------------------------------------------ signed versions
+
+    def signed_digest(self, channel_id: bytes, version: int) -> bytes | None:
+        check_version(version)
+        with self._db() as conn:
+            row = conn.execute(
+                "SELECT digest FROM signed WHERE channel_id = ? AND version = ?", (channel_id, version)
+            ).fetchone()
+        if row is None:
+            return None
+        if not isinstance(row[0], bytes):
+            raise self._corrupt("signed", f"{_key(channel_id)}, version {version}", "digest is not a BLOB")
+        return row[0]
+
+    def record_signed(self, channel_id: bytes, version: int, digest: bytes) -> None:
+        check_bytes("channel_id", channel_id, 32)
+        check_bytes("digest", digest, 32)
+        check_version(version)
+        with self.transaction(), self._db() as conn:
+            previous = self.signed_digest(channel_id, version)
+            if previous is None:
+                conn.execute(
+                    "INSERT INTO signed (channel_id, version, digest) VALUES (?, ?, ?)", (channel_id, version, digest)
+                )
+            elif previous != digest:
+                raise StoreError(
+                    f"{_key(channel_id)}, version {version}: a different digest is already recorded as signed"
+                )
+
+    # ------------------------------------------------------------------ orders
+
+    def put_order(self, order: StoredOrder) -> None:
+        check_stored_order(order)
+        body = order.order.to_json()
+        nonce = _u64_text(order.nonce)
+        with self.transaction(), self._db() as conn:
+            row = conn.execute(
+                "SELECT body, signature FROM orders WHERE channel_id = ? AND nonce = ?", (order.channel_id, nonce)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO orders (channel_id, nonce, body, signature) VALUES (?, ?, ?, ?)",
+                    (order.channel_id, nonce, encode_json(body, "order", check_round_trip=False), order.signature),
+                )
+                return
+            key = f"{_key(order.channel_id)}, nonce {order.nonce}"
+            if self._json("orders", key, row[0]) != body or row[1] != order.signature:
+                raise StoreError(f"refusing to overwrite the stored order of {key} with a different one")
+
+    def orders(self, channel_id: bytes) -> list[StoredOrder]:
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT nonce, body, signature FROM orders WHERE channel_id = ? ORDER BY seq", (channel_id,)
+            ).fetchall()
+        result = []
+        for nonce_text, body, signature in rows:
+            key = f"{_key(channel_id)}, nonce {nonce_text}"
+            try:
+                order = Order.from_json(self._json("orders", key, body))
+            except ValidationError as exc:
+                raise self._corrupt("orders", key, exc.reason) from exc
+            if _u64_text(order.nonce) != nonce_text or order.channel_id != channel_id:
+                raise self._corrupt("orders", key, "the body is another order")
+            if not isinstance(signature, bytes):
+                raise self._corrupt("orders", key, "signature is not a BLOB")
+            result.append(StoredOrder(channel_id, order.nonce, order, signature))
+        return result
+
+    # ------------------------------------------------------------------ batch prices
+
+    def put_batch_price(self, price: StoredBatchPrice) -> bool:
+        price = check_stored_batch_price(price)
+        p = price.price
+        batch = _u64_text(p.batch)
+        with self.transaction(), self._db() as conn:
+            cursor = conn.execute(
+                f"INSERT OR IGNORE INTO batch_prices ({_PRICE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                (price.broker, p.market, batch, str(p.price), price.signature),
+            )
+            if cursor.rowcount != 1:
+                return False
+            # Becomes the market's latest only with a strictly higher batch: on a tie the first stays.
+            conn.execute(
+                "INSERT INTO latest_batch_prices (broker, market, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (broker, market) DO UPDATE SET seq = excluded.seq "
+                "WHERE (SELECT batch FROM batch_prices WHERE seq = latest_batch_prices.seq) < ?",
+                (price.broker, p.market, cursor.lastrowid, batch),
+            )
+            return True
+
+    def batch_prices(self, broker: str, market: int, batch: int) -> list[StoredBatchPrice]:
+        broker = normalise_broker(broker)
+        check_uint32("market", market)
+        check_amount("batch", batch)
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT {_PRICE_COLUMNS} FROM batch_prices WHERE broker = ? AND market = ? AND batch = ? ORDER BY seq",
+                (broker, market, _u64_text(batch)),
+            ).fetchall()
+        return [self._stored_price(row) for row in rows]
+
+    def latest_batch_prices(self, broker: str) -> dict[int, StoredBatchPrice]:
+        broker = normalise_broker(broker)
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT b.broker, b.market, b.batch, b.price, b.signature "
+                "FROM latest_batch_prices AS l JOIN batch_prices AS b ON b.seq = l.seq "
+                "WHERE l.broker = ? ORDER BY l.market",
+                (broker,),
+            ).fetchall()
+        prices = [self._stored_price(row) for row in rows]
+        return {p.price.market: p for p in prices}
+
+    def _stored_price(self, row: tuple[Any, ...]) -> StoredBatchPrice:
+        broker, market, batch, price, signature = row
+        key = f"broker {broker}, market {market}, batch {batch}"
+        try:
+            if not (isinstance(batch, str) and isinstance(price, str)):
+                raise ValidationError("batch and price must be TEXT")
+            value = BatchPrice(MarketId(market), BatchNumber(int(batch)), Price(int(price))).check()
+            check_bytes("signature", signature)
+        except (ValueError, ValidationError) as exc:
+            raise self._corrupt("batch_prices", key, exc) from exc
+        return StoredBatchPrice(broker, value, signature)
+
+    # ------------------------------------------------------------------ pending proposal
+
+    def put_pending(self, channel_id: bytes, message: dict[str, Any] | None) -> None:
+        check_bytes("channel_id", channel_id, 32)
+        if message is not None and not isinstance(message, dict):
+            raise ValidationError("a pending message must be a JSON object or None")
+        text = None if message is None else encode_json(message, "pending message")
+        with self.transaction(), self._db() as conn:
+            if text is None:
+                conn.execute("DELETE FROM pending WHERE channel_id = ?", (channel_id,))
+            else:
+                conn.execute(
+                    "INSERT INTO pending (channel_id, message) VALUES (?, ?) "
+                    "ON CONFLICT (channel_id) DO UPDATE SET message = excluded.message",
+                    (channel_id, text),
+                )
+
+    def pending(self, channel_id: bytes) -> dict[str, Any] | None:
+        with self._db() as conn:
+            row = conn.execute("SELECT message FROM pending WHERE channel_id = ?", (channel_id,)).fetchone()
+        if row is None:
+            return None
+        message = self._json("pending", _key(channel_id), row[0])
+        if not isinstance(message, dict):
+            raise self._corrupt("pending", _key(channel_id), "not a JSON object")
+        return message
+
+    # ------------------------------------------------------------------ agent bookkeeping
+
+    def put_meta(self, namespace: str, key: str, value: Any) -> None:
+        check_str("namespace", namespace)
+        check_str("key", key)
+        text = None if value is None else encode_json(value, f"meta {namespace}/{key}")
+        with self.transaction(), self._db() as conn:
+            if text is None:
+                conn.execute("DELETE FROM meta WHERE namespace = ? AND key = ?", (namespace, key))
+            else:
+                conn.execute(
+                    "INSERT INTO meta (namespace, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+                    (namespace, key, text),
+                )
+
+    def meta(self, namespace: str, key: str) -> Any | None:
+        with self._db() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE namespace = ? AND key = ?", (namespace, key)).fetchone()
+        return None if row is None else self._json("meta", f"{namespace}/{key}", row[0])
+
+    def meta_items(self, namespace: str) -> dict[str, Any]:
+        with self._db() as conn:
+            rows = conn.execute("SELECT key, value FROM meta WHERE namespace = ? ORDER BY key", (namespace,)).fetchall()
+        return {key: self._json("meta", f"{namespace}/{key}", value) for key, value in rows}
