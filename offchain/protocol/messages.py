@@ -88,6 +88,9 @@ MARKET_BUSY = "market_busy"
 BAD_PARAMS = "bad_params"
 DEPOSIT_NOT_SEEN = "deposit_not_seen"
 CHANNEL_CLOSED = "channel_closed"
+KIND_NOT_ALLOWED = "kind_not_allowed"
+UNRESPONSIVE = "unresponsive"
+BROKER_DEPOSITED = "broker_deposited"
 INTERNAL = "internal"
 
 
@@ -96,9 +99,11 @@ INTERNAL = "internal"
 
 @dataclass(frozen=True, slots=True)
 class Challenge:
-    """Broker -> trader on connect: sign this nonce to prove you control your address."""
+    """Broker -> trader on connect: sign this nonce (with the broker's address, so the proof is
+    good for this broker only) to prove you control your address."""
 
     nonce: bytes
+    broker: Address
     id: str = ""
 
 
@@ -211,6 +216,14 @@ class Yield:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestYield:
+    """Cooperative flow: the side without the turn asks for it; an idle holder yields."""
+
+    channel_id: ChannelId
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BatchPriceMessage:
     """Broker -> every trader of the market: the signed clearing price of one batch."""
 
@@ -268,6 +281,7 @@ Message = (
     | Propose
     | Ack
     | Yield
+    | RequestYield
     | BatchPriceMessage
     | Sync
     | ErrorReply
@@ -287,6 +301,7 @@ _TYPE_NAMES: dict[type, str] = {
     Propose: "propose",
     Ack: "ack",
     Yield: "yield",
+    RequestYield: "request_yield",
     BatchPriceMessage: "batch_price",
     Sync: "sync",
     ErrorReply: "error",
@@ -343,7 +358,7 @@ def to_json(message: Message) -> dict[str, Any]:
     if message.id:
         out["id"] = message.id
     if isinstance(message, Challenge):
-        out["nonce"] = _hex(message.nonce)
+        out.update(nonce=_hex(message.nonce), broker=message.broker)
     elif isinstance(message, Hello):
         out.update(address=message.address, signature=_hex(message.signature))
     elif isinstance(message, Welcome):
@@ -366,7 +381,7 @@ def to_json(message: Message) -> dict[str, Any]:
         )
     elif isinstance(message, CancelOrderRequest):
         out.update(channel_id=_hex(message.channel_id), nonce=str(message.nonce))
-    elif isinstance(message, RequestDeposit | RequestFinalize | Resume):
+    elif isinstance(message, RequestDeposit | RequestFinalize | Resume | RequestYield):
         out["channel_id"] = _hex(message.channel_id)
     elif isinstance(message, Propose):
         out.update(
@@ -618,7 +633,7 @@ def _parse_sync(d: dict[str, Any], mid: str) -> Sync:
 
 
 _PARSERS: dict[str, Any] = {
-    "challenge": lambda d, mid: Challenge(hex_field(d, "nonce", 32), mid),
+    "challenge": lambda d, mid: Challenge(hex_field(d, "nonce", 32), check_address("broker", d.get("broker")), mid),
     "hello": lambda d, mid: Hello(check_address("address", d.get("address")), _signature(d), mid),
     "welcome": _parse_welcome,
     "request_setup": lambda d, mid: RequestSetup(
@@ -633,6 +648,7 @@ _PARSERS: dict[str, Any] = {
     "resume": lambda d, mid: Resume(_channel_id(d), mid),
     "propose": _parse_propose,
     "ack": lambda d, mid: Ack(_channel_id(d), _bounded(d, "version", 2**48 - 1), _signature(d), mid),
+    "request_yield": lambda d, mid: RequestYield(_channel_id(d), mid),
     "yield": lambda d, mid: Yield(_channel_id(d), _bounded(d, "version", 2**48 - 1), mid),
     "batch_price": lambda d, mid: BatchPriceMessage(BatchPrice.from_json(d.get("batch_price")), _signature(d), mid),
     "sync": _parse_sync,

@@ -1,0 +1,1 @@
+"""The agents: broker, trader (and, later, oracle and watchtower) at the edges of the pure core."""

@@ -1,0 +1,740 @@
+"""The broker agent: a WebSocket server for many traders, the markets' batch auctions, and its
+side of every channel.
+
+Per market the broker numbers batches from 1. Orders locked while batch ``b`` is open are
+eligible from ``b``. Every ``batch_seconds`` it cuts each market's book, computes the uniform
+clearing price (:func:`offchain.engine.auction.clear`), stores and signs
+``BatchPrice{market, batch, price}``, sends it to every connected trader, and turns the fills
+into one co-signed Trade state per channel before it opens batch ``b + 1``. A trader that does
+not countersign within ``ack_timeout`` is reported unresponsive (the dispute path takes over)
+and its channel takes no further part until it answers.
+
+No order changes while a book is cut: in the server-initiative flow the broker is the only
+proposer and finishes its own proposals in flight before the cut and starts new ones after the
+batch is settled; in the cooperative flow the turn rests with the broker (a trader asks for it
+with ``request_yield`` and yields it back after its proposal), the broker grants no turn while
+it settles a batch, and it cuts only once every turn has come back. So no proposal is ever
+refused because a batch is settling, and no trader signs a state the broker then refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import defaultdict
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import Server, serve
+from websockets.exceptions import ConnectionClosed
+
+from offchain.agents.common import error_reply, log, login_signer, on_chain, send
+from offchain.chain.client import AdjudicatorClient, TokenClient
+from offchain.chain.connection import Chain, Transactor
+from offchain.eip712 import Domain
+from offchain.engine.auction import BookOrder, clear
+from offchain.engine.channel import AccountDeposits, CancelOrder, Channel, CreateOrder, Fill, Finalize, Trade
+from offchain.engine.rules import RuleViolation, fill_collateral
+from offchain.errors import SignatureError, TradingChannelsError
+from offchain.model import MAX_CHALLENGE_DURATION, MIN_CHALLENGE_DURATION, BatchPrice, ChannelParams, Market, Order
+from offchain.protocol import messages as m
+from offchain.protocol.messages import ProtocolError
+from offchain.protocol.party import BROKER, COOPERATIVE, SERVER_INITIATIVE, ChannelParty
+from offchain.signing import LocalSigner, StateSigner, verify
+from offchain.store import Store, StoredBatchPrice, StoredOrder
+from offchain.types import (
+    Address,
+    BatchNumber,
+    ChannelId,
+    MarketId,
+    Nonce,
+    Price,
+    SyntheticAmount,
+    Timestamp,
+    TokenAmount,
+)
+
+MAX_CLOCK_SKEW = 300
+"""Seconds a proposal's ``now`` may differ from our clock."""
+
+
+@dataclass
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    batch_seconds: float = 2.0
+    fee_bps: int = 10  # fee charged, in basis points of the fill's collateral, within the order's max fee
+    ack_timeout: float = 10.0
+    channel_deposit: int = 0  # what the broker deposits into each new channel
+    markets: tuple[Market, ...] = ()
+    reference_prices: dict[int, int] = field(default_factory=dict)  # before a market's first batch
+
+
+@dataclass
+class MarketBook:
+    market: Market
+    open_batch: int
+    last_price: int
+    priced: bool
+
+
+class BrokerAgent:
+    """The broker: one process, many channels, one store."""
+
+    def __init__(
+        self,
+        signer: LocalSigner,
+        store: Store,
+        chain: Chain,
+        adjudicator: Address,
+        token: Address,
+        config: BrokerConfig,
+    ) -> None:
+        self.signer = signer
+        self.store = store
+        self.chain = chain
+        self.config = config
+        self.adjudicator = AdjudicatorClient(chain, adjudicator)
+        self.token = TokenClient(chain, token)
+        self.transactor = Transactor.from_key(chain, signer.private_key)
+        self.domain = Domain(chain.chain_id, adjudicator)
+        self.state_signer = StateSigner(signer, self.domain, log=store)
+        self.parties: dict[ChannelId, ChannelParty] = {}
+        self.connections: dict[Address, set[Connection]] = defaultdict(set)
+        self.channel_locks: dict[ChannelId, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.ack_waiters: dict[ChannelId, asyncio.Future[None]] = {}
+        self.turn_events: dict[ChannelId, asyncio.Event] = defaultdict(asyncio.Event)
+        self.deposit_tasks: dict[ChannelId, asyncio.Task[None]] = {}
+        self.books: dict[int, MarketBook] = {}
+        self.unresponsive: set[ChannelId] = set()
+        self.settling = False  # a batch is being cut, priced and settled
+        self.inflight = 0  # broker proposals in flight that change orders or balances
+        self.phase = asyncio.Condition()
+        self.yield_requested: set[ChannelId] = set()
+        self.events: list[tuple[str, str]] = []  # (kind, detail) for tests, logs and the demo
+        self._server: Server | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._load()
+
+    @property
+    def address(self) -> Address:
+        return self.signer.address
+
+    # ------------------------------------------------------------------ start and stop
+
+    def _load(self) -> None:
+        """Resume every channel and market from the store."""
+        for market in self.config.markets:
+            saved = self.store.meta("broker.market", str(market.id)) or {}
+            self.books[market.id] = MarketBook(
+                market=market,
+                open_batch=int(saved.get("open_batch", 1)),
+                last_price=int(saved.get("last_price", self.config.reference_prices.get(market.id, 1))),
+                priced=bool(saved.get("priced", False)),
+            )
+        for record in self.store.channels():
+            party = ChannelParty.load(self.store, self.state_signer, ChannelId(record.channel_id))
+            self.parties[party.channel_id] = party
+            if party.status == "unresponsive":
+                self.unresponsive.add(party.channel_id)
+
+    async def start(self) -> None:
+        await on_chain(self.chain, self._approve)
+        self._server = await serve(self._serve, self.config.host, self.config.port, max_size=m.MAX_MESSAGE_BYTES)
+        self._tasks.append(asyncio.create_task(self._batch_loop()))
+        for party in self.parties.values():
+            self._maybe_deposit(party)
+        log.info("broker %s listening on ws://%s:%d", self.address, self.config.host, self.port)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.config.port
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    async def stop(self) -> None:
+        for task in self._tasks + list(self.deposit_tasks.values()):
+            task.cancel()
+        for task in self._tasks + list(self.deposit_tasks.values()):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _approve(self) -> None:
+        if (
+            self.config.channel_deposit
+            and self.token.contract.functions.allowance(self.address, self.adjudicator.address).call() < 2**255
+        ):
+            self.token.approve(self.transactor, self.adjudicator.address, 2**256 - 1)
+
+    def _event(self, kind: str, detail: str) -> None:
+        self.events.append((kind, detail))
+        log.info("%s: %s", kind, detail)
+
+    # ------------------------------------------------------------------ connections
+
+    async def _serve(self, ws: Connection) -> None:
+        trader = await self._authenticate(ws)
+        if trader is None:
+            return
+        self.connections[trader].add(ws)
+        try:
+            async for raw in ws:
+                await self._handle(ws, trader, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections[trader].discard(ws)
+
+    async def _authenticate(self, ws: Connection) -> Address | None:
+        nonce = os.urandom(32)
+        await send(ws, m.Challenge(nonce, self.address))
+        try:
+            raw = await asyncio.wait_for(ws.recv(), timeout=10)
+            hello = m.parse(raw)
+            if not isinstance(hello, m.Hello):
+                raise ProtocolError(m.NOT_AUTHENTICATED, "the first message must be hello")
+            try:
+                signer = login_signer(self.address, nonce, hello.signature)
+            except SignatureError as exc:
+                raise ProtocolError(m.AUTH_FAILED, exc.reason) from exc
+            if signer != hello.address:
+                raise ProtocolError(m.AUTH_FAILED, "the login signature is not from that address")
+        except ProtocolError as exc:
+            await send(ws, error_reply("", exc))
+            await ws.close()
+            return None
+        except (TimeoutError, ConnectionClosed):
+            await ws.close()
+            return None
+        channels = tuple(p.channel_id for p in self.parties.values() if p.params.trader == hello.address)
+        await send(
+            ws,
+            m.Welcome(
+                broker=self.address,
+                chain_id=self.chain.chain_id,
+                adjudicator=self.adjudicator.address,
+                token=self.token.address,
+                markets=tuple(_market_json(b.market) for b in self.books.values()),
+                batch_seconds=max(1, round(self.config.batch_seconds)),
+                fee_bps=self.config.fee_bps,
+                open_batches={k: b.open_batch for k, b in self.books.items()},
+                channels=channels,
+            ),
+        )
+        # The latest signed price of every market: the marks a newcomer needs to check states.
+        for record in self.store.latest_batch_prices(self.address).values():
+            await send(ws, m.BatchPriceMessage(record.price, record.signature))
+        return hello.address
+
+    async def _handle(self, ws: Connection, trader: Address, raw: str | bytes) -> None:
+        message_id = ""
+        channel_id: bytes | None = None
+        try:
+            message = m.parse(raw)
+            message_id = message.id
+            channel_id = getattr(message, "channel_id", None)
+            await self._dispatch(ws, trader, message)
+        except ProtocolError as exc:
+            await send(ws, error_reply(message_id, exc, channel_id))
+        except RuleViolation as exc:
+            await send(
+                ws, error_reply(message_id, ProtocolError(m.RULE_VIOLATION, exc.reason, exc.rule.value), channel_id)
+            )
+        except TradingChannelsError as exc:
+            await send(ws, error_reply(message_id, ProtocolError(exc.code, exc.reason), channel_id))
+
+    def _party_of(self, trader: Address, channel_id: bytes) -> ChannelParty:
+        party = self.parties.get(ChannelId(channel_id))
+        if party is None:
+            raise ProtocolError(m.UNKNOWN_CHANNEL, f"unknown channel 0x{channel_id.hex()}")
+        if party.params.trader != trader:
+            raise ProtocolError(m.NOT_YOUR_CHANNEL, "this channel belongs to another trader")
+        return party
+
+    async def _dispatch(self, ws: Connection, trader: Address, msg: m.Message) -> None:
+        if isinstance(msg, m.RequestSetup):
+            self._spawn(self._setup_server_initiative(ws, trader, msg))
+        elif isinstance(msg, m.Propose):
+            await self._on_propose(ws, trader, msg)
+        elif isinstance(msg, m.Ack):
+            party = self._party_of(trader, msg.channel_id)
+            party.on_ack(msg)
+            waiter = self.ack_waiters.get(party.channel_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self._mark_responsive(party)
+        elif isinstance(msg, m.Yield):
+            party = self._party_of(trader, msg.channel_id)
+            party.on_yield(msg)
+            self.turn_events[party.channel_id].set()
+        elif isinstance(msg, m.RequestYield):
+            party = self._party_of(trader, msg.channel_id)
+            if party.flow != COOPERATIVE:
+                raise ProtocolError(m.WRONG_FLOW, "turns belong to the cooperative flow")
+            self.yield_requested.add(party.channel_id)
+            await self._grant_turns()
+        elif isinstance(msg, m.CreateOrderRequest):
+            party = self._server_initiative(trader, msg.channel_id)
+            self._check_order_request(party, msg.order, msg.signature)
+            self.store.put_order(StoredOrder(party.channel_id, msg.order.nonce, msg.order, msg.signature))
+            self._spawn(self._propose_lock(party, msg, ws))
+        elif isinstance(msg, m.CancelOrderRequest):
+            party = self._server_initiative(trader, msg.channel_id)
+            self._spawn(self._propose_cancel(party, msg, ws))
+        elif isinstance(msg, m.RequestDeposit):
+            party = self._server_initiative(trader, msg.channel_id)
+            self._spawn(self._propose_deposit(party, msg, ws))
+        elif isinstance(msg, m.RequestFinalize):
+            party = self._server_initiative(trader, msg.channel_id)
+            self._spawn(self._propose_finalize(party, msg, ws))
+        elif isinstance(msg, m.Resume):
+            await self._resume(ws, self._party_of(trader, msg.channel_id))
+        elif isinstance(msg, m.ErrorReply):
+            # The trader refused something of ours: the proposal stays unanswered (the dispute
+            # path takes over if it never is); stop waiting for an ACK that will not come.
+            self._event("refused_by_trader", f"{trader}: {msg.code}: {msg.reason}")
+            if msg.channel_id is not None:
+                waiter = self.ack_waiters.get(ChannelId(msg.channel_id))
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(ProtocolError(msg.code, msg.reason, msg.rule))
+        else:
+            raise ProtocolError(m.UNKNOWN_TYPE, f"a broker does not accept {m.type_name(msg)}")
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    def _server_initiative(self, trader: Address, channel_id: bytes) -> ChannelParty:
+        party = self._party_of(trader, channel_id)
+        if party.flow != SERVER_INITIATIVE:
+            raise ProtocolError(m.WRONG_FLOW, "requests belong to the server-initiative flow; propose instead")
+        return party
+
+    async def _resume(self, ws: Connection, party: ChannelParty) -> None:
+        if party.co_signed.trader_signature:
+            signed = party.co_signed
+            await send(
+                ws,
+                m.Sync(
+                    party.channel_id,
+                    party.params,
+                    party.flow,
+                    signed.state,
+                    signed.trader_signature,
+                    signed.broker_signature,
+                    party.turn,
+                ),
+            )
+        if party.pending is not None:
+            await send(ws, party.pending[0])
+        self._mark_responsive(party)
+
+    async def _grant_turns(self) -> None:
+        """Yield the turn to every trader that asked for it, unless a batch is settling or the
+        broker is proposing in that channel (then the turn is granted afterwards)."""
+        if self.settling:
+            return
+        for channel_id in list(self.yield_requested):
+            party = self.parties[channel_id]
+            if self.channel_locks[channel_id].locked() or party.pending is not None:
+                continue
+            self.yield_requested.discard(channel_id)
+            if party.my_turn() and not party.state.is_final:
+                await self._broadcast_to(party.params.trader, party.yield_turn())
+
+    def _mark_responsive(self, party: ChannelParty) -> None:
+        if party.channel_id in self.unresponsive and party.pending is None:
+            self.unresponsive.discard(party.channel_id)
+            party.set_status("open")
+            self._event("responsive", f"0x{party.channel_id.hex()}")
+
+    # ------------------------------------------------------------------ proposals of the trader
+
+    async def _on_propose(self, ws: Connection, trader: Address, msg: m.Propose) -> None:
+        if msg.kind == "setup":
+            assert msg.params is not None
+            if msg.params.trader != trader:
+                raise ProtocolError(m.BAD_PARAMS, "the channel's trader is not the authenticated address")
+            if msg.flow != COOPERATIVE and ChannelId(msg.channel_id) not in self.parties:
+                raise ProtocolError(m.WRONG_FLOW, "a server-initiative channel starts with request_setup")
+            self._check_params(msg.params)
+            party, ack = ChannelParty.accept_setup(self.store, self.state_signer, BROKER, msg)
+            self.parties[party.channel_id] = party
+            await send(ws, ack)
+            self._maybe_deposit(party)
+            return
+        party = self._party_of(trader, msg.channel_id)
+        lock = self.channel_locks[party.channel_id]
+        if lock.locked() and msg.state.version > party.state.version:
+            raise ProtocolError(m.PROPOSAL_PENDING, "the broker is proposing in this channel; retry")
+        if msg.kind == "trade":
+            raise ProtocolError(m.KIND_NOT_ALLOWED, "only the broker proposes trades")
+        on_chain_deposits = None
+        if msg.kind == "deposit":
+            status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
+            on_chain_deposits = (status.trader_deposit, status.broker_deposit)
+
+        def check(channel: Channel, proposal: m.Propose) -> None:
+            self._check_trader_proposal(channel, proposal, on_chain_deposits)
+
+        ack = party.on_proposal(msg, check)
+        await send(ws, ack)
+        self._mark_responsive(party)
+
+    def _check_trader_proposal(self, channel: Channel, msg: m.Propose, deposits: tuple[int, int] | None = None) -> None:
+        t = msg.transition
+        if isinstance(t, CreateOrder):
+            self._check_clock(t.now)
+            book = self.books[t.order.market] if t.order.market in self.books else None
+            if book is None:
+                raise ProtocolError(m.RULE_VIOLATION, f"market {t.order.market} is not traded", "market_in_channel")
+            if t.first_batch != book.open_batch:
+                raise ProtocolError(
+                    m.RULE_VIOLATION,
+                    f"first batch must be the open batch {book.open_batch}, got {t.first_batch}",
+                    "first_batch_is_current",
+                )
+            self._check_marks(t.marks)
+        elif isinstance(t, AccountDeposits):
+            if deposits is None or t.trader_deposit > deposits[0] or t.broker_deposit > deposits[1]:
+                raise ProtocolError(m.DEPOSIT_NOT_SEEN, "the adjudicator holds less than the proposal accounts for")
+        elif isinstance(t, Finalize):
+            self._check_marks(t.prices, exact=True, channel=channel)
+
+    def _check_clock(self, now: int) -> None:
+        if abs(now - time.time()) > MAX_CLOCK_SKEW:
+            raise ProtocolError(m.CLOCK_SKEW, f"proposal time {now} is more than {MAX_CLOCK_SKEW}s from ours")
+
+    def marks(self) -> dict[int, Price]:
+        """The latest signed batch price of every market that has had a batch."""
+        return {k: Price(b.last_price) for k, b in self.books.items() if b.priced}
+
+    def _check_marks(self, marks: dict[int, Price] | Any, exact: bool = False, channel: Channel | None = None) -> None:
+        ours = self.marks()
+        for market, price in marks.items():
+            if ours.get(market) != price:
+                raise ProtocolError(m.STALE_MARKS, f"market {market}: {price} is not the latest batch price")
+        if exact and channel is not None:
+            for market, outcome in zip(channel.params.markets, channel.state.outcomes, strict=True):
+                if outcome.position and market.id not in marks:
+                    raise ProtocolError(m.STALE_MARKS, f"no closing price for market {market.id}")
+
+    def _check_params(self, params: ChannelParams) -> None:
+        if (
+            params.broker != self.address
+            or params.token != self.token.address
+            or params.adjudicator != self.adjudicator.address
+            or params.chain_id != self.chain.chain_id
+        ):
+            raise ProtocolError(m.BAD_PARAMS, "the parameters name another broker, token, adjudicator or chain")
+        if params.markets != tuple(b.market for b in self.books.values()):
+            raise ProtocolError(m.BAD_PARAMS, "the channel's markets must be the broker's markets")
+
+    def _check_order_request(self, party: ChannelParty, order: Order, signature: bytes) -> None:
+        try:
+            verify(self.domain.order_digest(order), signature, party.params.trader)
+        except SignatureError as exc:
+            raise ProtocolError(m.RULE_VIOLATION, exc.reason, "order_signature_valid") from exc
+        if order.market not in self.books:
+            raise ProtocolError(m.RULE_VIOLATION, f"market {order.market} is not traded", "market_in_channel")
+
+    # ------------------------------------------------------------------ proposals of the broker
+
+    async def _propose(self, party: ChannelParty, kind: str, transition: Any, ws: Connection | None = None) -> bool:
+        """Propose under the channel's lock, wait for the ACK; False if refused or unanswered."""
+        async with self.channel_locks[party.channel_id]:
+            if party.channel_id in self.unresponsive:
+                return False
+            if party.flow == COOPERATIVE and not party.my_turn():
+                if not await self._wait_turn(party):
+                    return False
+            try:
+                proposal, _ = party.propose(kind, transition)
+            except ProtocolError as exc:
+                self._event("refused", f"{kind} in 0x{party.channel_id.hex()}: {exc.reason}")
+                if ws is not None:
+                    await send(ws, error_reply("", exc, party.channel_id))
+                return False
+            except RuleViolation as exc:
+                self._event("refused", f"{kind} in 0x{party.channel_id.hex()}: {exc.reason}")
+                if ws is not None:
+                    await send(ws, error_reply("", ProtocolError(m.RULE_VIOLATION, exc.reason, exc.rule.value)))
+                return False
+            acked = await self._deliver(party, proposal)
+        await self._grant_turns()
+        return acked
+
+    async def _wait_turn(self, party: ChannelParty) -> bool:
+        """Ask for the turn and wait for it; a trader that keeps it too long is unresponsive."""
+        event = self.turn_events[party.channel_id]
+        event.clear()
+        if party.my_turn():
+            return True
+        await self._broadcast_to(party.params.trader, m.RequestYield(party.channel_id))
+        try:
+            await asyncio.wait_for(event.wait(), self.config.ack_timeout)
+        except TimeoutError:
+            self._report_unresponsive(party, "did not yield the turn")
+            return False
+        return party.my_turn()
+
+    async def _in_flight(self) -> None:
+        """Enter a server-initiative proposal that changes orders: not while a batch settles."""
+        async with self.phase:
+            await self.phase.wait_for(lambda: not self.settling)
+            self.inflight += 1
+
+    async def _done_in_flight(self) -> None:
+        async with self.phase:
+            self.inflight -= 1
+            self.phase.notify_all()
+
+    async def _deliver(self, party: ChannelParty, proposal: m.Propose) -> bool:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ack_waiters[party.channel_id] = future
+        await self._broadcast_to(party.params.trader, proposal)
+        try:
+            await asyncio.wait_for(future, self.config.ack_timeout)
+        except TimeoutError:
+            self._report_unresponsive(party, f"did not countersign version {proposal.state.version}")
+            return False
+        except ProtocolError as exc:
+            self._report_unresponsive(party, f"refused version {proposal.state.version}: {exc.code}")
+            return False
+        finally:
+            self.ack_waiters.pop(party.channel_id, None)
+        return True
+
+    def _report_unresponsive(self, party: ChannelParty, why: str) -> None:
+        """The counterparty stopped answering: report it so that the dispute path can take over."""
+        self.unresponsive.add(party.channel_id)
+        party.set_status("unresponsive")
+        self._event("unresponsive", f"0x{party.channel_id.hex()}: trader {party.params.trader} {why}")
+
+    async def _broadcast_to(self, trader: Address, message: m.Message) -> None:
+        for ws in list(self.connections.get(trader, ())):
+            await send(ws, message)
+
+    async def _setup_server_initiative(self, ws: Connection, trader: Address, msg: m.RequestSetup) -> None:
+        try:
+            if not MIN_CHALLENGE_DURATION <= msg.challenge_duration <= MAX_CHALLENGE_DURATION:
+                raise ProtocolError(m.BAD_PARAMS, "challenge duration outside the adjudicator's bounds")
+            params = ChannelParams(
+                chain_id=self.chain.chain_id,
+                adjudicator=self.adjudicator.address,
+                trader=trader,
+                broker=self.address,
+                token=self.token.address,
+                challenge_duration=msg.challenge_duration,
+                nonce=msg.nonce,
+                markets=tuple(b.market for b in self.books.values()),
+            )
+            party, proposal = ChannelParty.propose_setup(
+                self.store, self.state_signer, BROKER, params, SERVER_INITIATIVE
+            )
+        except ProtocolError as exc:
+            await send(ws, error_reply(msg.id, exc))
+            return
+        self.parties[party.channel_id] = party
+        async with self.channel_locks[party.channel_id]:
+            if await self._deliver(party, proposal):
+                self._maybe_deposit(party)
+
+    def _maybe_deposit(self, party: ChannelParty) -> None:
+        """Deposit the broker's side once the setup is co-signed (MISSION.md: version 0 first)."""
+        if not self.config.channel_deposit or party.channel_id in self.deposit_tasks:
+            return
+        if not party.co_signed.trader_signature or party.state.is_final:
+            return
+        self.deposit_tasks[party.channel_id] = asyncio.create_task(self._deposit(party))
+
+    async def _deposit(self, party: ChannelParty) -> None:
+        status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
+        if status.broker_deposit < self.config.channel_deposit:
+            amount = self.config.channel_deposit - status.broker_deposit
+            await on_chain(self.chain, self.adjudicator.deposit, self.transactor, party.params, self.address, amount)
+            self._event("deposited", f"{amount} into 0x{party.channel_id.hex()}")
+        await self._broadcast_to(
+            party.params.trader, m.Notice(m.BROKER_DEPOSITED, "the broker's deposit is on-chain", party.channel_id)
+        )
+
+    async def _propose_lock(self, party: ChannelParty, msg: m.CreateOrderRequest, ws: Connection) -> None:
+        book = self.books[msg.order.market]
+        await self._in_flight()
+        try:
+            transition = CreateOrder(
+                msg.order, msg.signature, BatchNumber(book.open_batch), Timestamp(int(time.time())), self.marks()
+            )
+            await self._propose(party, "lock", transition, ws)
+        finally:
+            await self._done_in_flight()
+
+    async def _propose_cancel(self, party: ChannelParty, msg: m.CancelOrderRequest, ws: Connection) -> None:
+        open_order = party.channel.open_order(msg.nonce)
+        if open_order is None:
+            await send(ws, error_reply(msg.id, ProtocolError(m.RULE_VIOLATION, "no such open order", "order_is_open")))
+            return
+        await self._in_flight()
+        try:
+            await self._propose(party, "cancel", CancelOrder(Nonce(msg.nonce)), ws)
+        finally:
+            await self._done_in_flight()
+
+    async def _propose_deposit(self, party: ChannelParty, msg: m.RequestDeposit, ws: Connection) -> None:
+        task = self.deposit_tasks.get(party.channel_id)
+        if task is not None:
+            await asyncio.shield(task)
+        status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
+        transition = AccountDeposits(TokenAmount(status.trader_deposit), TokenAmount(status.broker_deposit))
+        await self._propose(party, "deposit", transition, ws)
+
+    async def _propose_finalize(self, party: ChannelParty, msg: m.RequestFinalize, ws: Connection) -> None:
+        await self._in_flight()
+        try:
+            prices: dict[int, Price] = {
+                mk.id: Price(self.books[mk.id].last_price)
+                for mk, outcome in zip(party.params.markets, party.state.outcomes, strict=True)
+                if outcome.position
+            }
+            await self._propose(party, "finalize", Finalize(prices), ws)
+        finally:
+            await self._done_in_flight()
+
+    # ------------------------------------------------------------------ batches
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.batch_seconds)
+            for market_id in list(self.books):
+                try:
+                    await self.settle_batch(market_id)
+                except Exception:  # noqa: BLE001 - a failed batch must not stop the others
+                    log.exception("batch of market %d failed", market_id)
+
+    async def settle_batch(self, market_id: int) -> BatchPrice:
+        """Cut, price, sign, publish and settle the open batch of one market."""
+        book = self.books[market_id]
+        async with self.phase:
+            await self.phase.wait_for(lambda: not self.settling)
+            self.settling = True
+            await self.phase.wait_for(lambda: self.inflight == 0)
+        try:
+            await self._collect_turns()
+            return await self._settle(book)
+        finally:
+            async with self.phase:
+                self.settling = False
+                self.phase.notify_all()
+            await self._grant_turns()
+
+    async def _collect_turns(self) -> None:
+        """Cooperative channels: wait until every turn is back with the broker (a trader
+        finishing a proposal yields it; one that keeps it past the timeout is unresponsive)."""
+        waiting = [
+            p
+            for p in self.parties.values()
+            if p.flow == COOPERATIVE
+            and not p.my_turn()
+            and p.channel_id not in self.unresponsive
+            and not p.state.is_final
+            and p.co_signed.broker_signature
+        ]
+        await asyncio.gather(*(self._wait_turn(p) for p in waiting))
+
+    def book_orders(self, book: MarketBook, now: int) -> tuple[list[BookOrder], dict[tuple[bytes, int], Order]]:
+        """The orders eligible in the open batch, from co-signed states of answering channels."""
+        orders: list[BookOrder] = []
+        by_key: dict[tuple[bytes, int], Order] = {}
+        for party in self.parties.values():
+            if party.channel_id in self.unresponsive or party.pending is not None or party.state.is_final:
+                continue
+            for open_order in party.state.open_orders:
+                order = open_order.order
+                if order.market != book.market.id or open_order.first_batch > book.open_batch:
+                    continue
+                if now >= order.expiration * 3600:
+                    continue
+                key = (bytes(party.channel_id), int(order.nonce))
+                by_key[key] = order
+                orders.append(
+                    BookOrder(
+                        key=key,
+                        is_buy=order.is_buy,
+                        amount_synthetic=order.amount_synthetic,
+                        amount_collateral=order.amount_collateral,
+                        remaining=order.amount_synthetic - open_order.filled,
+                        sequence=len(orders),
+                    )
+                )
+        return orders, by_key
+
+    def fee_for(self, order: Order, collateral: int) -> TokenAmount:
+        """The broker's fee: ``fee_bps`` of the fill's collateral, within the order's max fee and
+        its signed fee ratio (rounded down, in the trader's favour)."""
+        fee = collateral * self.config.fee_bps // 10_000
+        if order.amount_collateral:
+            fee = min(fee, order.max_fee * collateral // order.amount_collateral)
+        return TokenAmount(min(fee, order.max_fee))
+
+    async def _settle(self, book: MarketBook) -> BatchPrice:
+        now = int(time.time())
+        orders, by_key = self.book_orders(book, now)
+        clearing = clear(orders, book.market.resolution, book.last_price)
+        batch = BatchNumber(book.open_batch)
+        price = BatchPrice(MarketId(book.market.id), batch, Price(clearing.price))
+        signature = self.signer.sign(self.domain, price)
+        with self.store.transaction():  # stored before it is published
+            self.store.put_batch_price(StoredBatchPrice(self.address, price, signature))
+            self.store.put_meta(
+                "broker.market",
+                str(book.market.id),
+                {"open_batch": batch + 1, "last_price": clearing.price, "priced": True},
+            )
+        book.open_batch = batch + 1
+        book.last_price = clearing.price
+        book.priced = True
+        self._event(
+            "batch",
+            f"market {book.market.id} batch {batch}: price {clearing.price}, volume {clearing.volume}, "
+            f"{len(clearing.fills)} fills",
+        )
+        notice = m.BatchPriceMessage(price, signature)
+        for trader in list(self.connections):
+            await self._broadcast_to(trader, notice)
+        per_channel: dict[bytes, list[Fill]] = defaultdict(list)
+        for (channel_id, nonce), amount in clearing.fills.items():
+            order = by_key[(channel_id, nonce)]
+            collateral = fill_collateral(order.is_buy, amount, clearing.price, book.market.resolution)
+            per_channel[channel_id].append(Fill(Nonce(nonce), SyntheticAmount(amount), self.fee_for(order, collateral)))
+        marks = self.marks()
+        await asyncio.gather(
+            *(
+                self._propose(self.parties[ChannelId(cid)], "trade", Trade(price, tuple(fills), Timestamp(now), marks))
+                for cid, fills in per_channel.items()
+            )
+        )
+        return price
+
+    # ------------------------------------------------------------------ views
+
+    def party(self, channel_id: bytes) -> ChannelParty:
+        return self.parties[ChannelId(channel_id)]
+
+
+def _market_json(market: Market) -> dict[str, str]:
+    return {
+        "id": str(market.id),
+        "feed": market.feed,
+        "resolution": str(market.resolution),
+        "risk_factor": str(market.risk_factor),
+        "max_price_age": str(market.max_price_age),
+    }

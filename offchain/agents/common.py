@@ -1,0 +1,78 @@
+"""What the broker and trader agents share: the login proof, the chain gate, the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from eth_utils.crypto import keccak
+from websockets.asyncio.connection import Connection
+
+from offchain.chain.connection import Chain
+from offchain.protocol import messages as m
+from offchain.signing import LocalSigner, recover
+from offchain.types import Address, Signature
+
+T = TypeVar("T")
+log = logging.getLogger("tchan")
+
+LOGIN_PREFIX = "Trading Channels login"
+
+
+def login_text(broker: Address, nonce: bytes) -> bytes:
+    """What a trader signs (EIP-191 personal message) to prove it controls its address."""
+    return f"{LOGIN_PREFIX}\nbroker: {broker}\nchallenge: 0x{nonce.hex()}".encode()
+
+
+def personal_digest(text: bytes) -> bytes:
+    return keccak(b"\x19Ethereum Signed Message:\n" + str(len(text)).encode() + text)
+
+
+def sign_login(signer: LocalSigner, broker: Address, nonce: bytes) -> Signature:
+    return signer.sign_digest(personal_digest(login_text(broker, nonce)))
+
+
+def login_signer(broker: Address, nonce: bytes, signature: bytes) -> Address:
+    return recover(personal_digest(login_text(broker, nonce)), signature)
+
+
+_GATES: dict[int, threading.Lock] = {}
+_GATES_LOCK = threading.Lock()
+
+
+async def on_chain(chain: Chain, fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking chain call in a thread, one at a time per chain (the in-process chain is
+    not thread-safe, and one account's transactions must not race for a nonce)."""
+    with _GATES_LOCK:
+        gate = _GATES.setdefault(id(chain), threading.Lock())
+
+    def locked() -> T:
+        with gate:
+            return fn(*args)
+
+    return await asyncio.to_thread(locked)
+
+
+async def send(ws: Connection, message: m.Message) -> bool:
+    """Send a message; False if the connection is gone (the caller's timeout takes over)."""
+    try:
+        await ws.send(m.encode(message))
+    except Exception as exc:  # noqa: BLE001 - any transport failure means "not delivered"
+        log.debug("send failed: %s", exc)
+        return False
+    return True
+
+
+def error_reply(message_id: str, exc: m.ProtocolError, channel_id: bytes | None = None) -> m.ErrorReply:
+    from offchain.types import ChannelId
+
+    return m.ErrorReply(
+        re=message_id,
+        code=exc.code,
+        reason=exc.reason,
+        rule=exc.rule,
+        channel_id=ChannelId(channel_id) if channel_id is not None else None,
+    )

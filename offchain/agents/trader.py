@@ -1,0 +1,621 @@
+"""The trader agent: a WebSocket client of one broker that opens and funds one channel, places
+and cancels orders, checks every state it is asked to sign, and keeps every batch price it
+receives. It reconnects on its own and resumes from its store.
+
+Use it from Python (``await agent.place_order(...)``) or from a script (``tchan trader
+--script``). In the server-initiative flow it sends requests and countersigns the broker's
+proposals; in the cooperative flow it proposes in its turn and yields the turn afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from offchain.agents.common import log, on_chain, send, sign_login
+from offchain.chain.client import AdjudicatorClient, TokenClient
+from offchain.chain.connection import Chain, Transactor
+from offchain.eip712 import Domain
+from offchain.engine.channel import AccountDeposits, CancelOrder, Channel, CreateOrder, Finalize, Trade
+from offchain.errors import SignatureError, TradingChannelsError
+from offchain.model import ChannelParams, ChannelState, Market, OpenOrder, Order
+from offchain.protocol import messages as m
+from offchain.protocol.messages import ProtocolError
+from offchain.protocol.party import COOPERATIVE, SERVER_INITIATIVE, TRADER, ChannelParty
+from offchain.signing import LocalSigner, StateSigner, verify
+from offchain.store import Store, StoredBatchPrice, StoredOrder
+from offchain.types import (
+    Address,
+    BatchNumber,
+    ChannelId,
+    ExpirationHours,
+    MarketId,
+    Nonce,
+    Price,
+    SyntheticAmount,
+    Timestamp,
+    TokenAmount,
+)
+
+MAX_CLOCK_SKEW = 300
+RETRY_DELAY = 0.05
+
+
+class AgentTimeout(TradingChannelsError):
+    """The broker did not answer in time (the dispute path can take over)."""
+
+    code = "timeout"
+
+
+class RequestRefused(TradingChannelsError):
+    """The broker refused a request or proposal; ``code`` and ``rule`` say why."""
+
+    code = "refused"
+
+    def __init__(self, reply: m.ErrorReply) -> None:
+        super().__init__(f"{reply.code}: {reply.reason}")
+        self.code = reply.code
+        self.rule = reply.rule
+
+
+class TraderAgent:
+    """One trader, one broker, one channel (per store)."""
+
+    def __init__(
+        self,
+        signer: LocalSigner,
+        store: Store,
+        chain: Chain,
+        url: str,
+        adjudicator: Address,
+        *,
+        timeout: float = 15.0,
+        reconnect_delay: float = 0.2,
+    ) -> None:
+        self.signer = signer
+        self.store = store
+        self.chain = chain
+        self.url = url
+        self.timeout = timeout
+        self.reconnect_delay = reconnect_delay
+        self.adjudicator = AdjudicatorClient(chain, adjudicator)
+        self.domain = Domain(chain.chain_id, adjudicator)
+        self.state_signer = StateSigner(signer, self.domain, log=store)
+        self.transactor = Transactor.from_key(chain, signer.private_key)
+        self.welcome: m.Welcome | None = None
+        self.ws: Connection | None = None
+        self.party: ChannelParty | None = None
+        self.open_batches: dict[int, int] = {}
+        self.marks: dict[int, Price] = {}  # the latest signed batch price per market
+        self.mark_batches: dict[int, int] = {}
+        self.batch_prices_seen = 0
+        self.conflicts: list[tuple[StoredBatchPrice, StoredBatchPrice]] = []
+        self.events: list[tuple[str, str]] = []
+        self._ids = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._replies: dict[str, asyncio.Future[None]] = {}
+        self._broker_deposited = False
+        self._expected_setup_nonce: int | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        for record in store.channels():
+            self.party = ChannelParty.load(store, self.state_signer, record.channel_id)
+        self._load_marks()
+
+    @property
+    def address(self) -> Address:
+        return self.signer.address
+
+    # ------------------------------------------------------------------ connection
+
+    async def start(self) -> None:
+        """Connect (and keep reconnecting) in the background; returns once welcomed."""
+        self._run_task = asyncio.create_task(self._run())
+        await self._wait(lambda: self.welcome is not None and self.ws is not None, "the broker's welcome")
+
+    async def stop(self) -> None:
+        if self._run_task is not None:
+            self._run_task.cancel()
+            try:
+                await self._run_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with connect(self.url, max_size=m.MAX_MESSAGE_BYTES, open_timeout=5) as ws:
+                    await self._session(ws)
+            except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+                log.debug("connection to %s lost: %s", self.url, exc)
+            self.ws = None
+            self.welcome = None
+            await asyncio.sleep(self.reconnect_delay)
+
+    async def _session(self, ws: Connection) -> None:
+        challenge = m.parse(await ws.recv())
+        if not isinstance(challenge, m.Challenge):
+            raise ConnectionClosed(None, None)
+        if self.party is not None and challenge.broker != self.party.params.broker:
+            raise TradingChannelsError(f"{self.url} is broker {challenge.broker}, our channel is with another")
+        await send(ws, m.Hello(self.address, sign_login(self.signer, challenge.broker, challenge.nonce)))
+        welcome = m.parse(await ws.recv())
+        if not isinstance(welcome, m.Welcome):
+            raise ConnectionClosed(None, None)
+        if welcome.adjudicator != self.adjudicator.address or welcome.chain_id != self.chain.chain_id:
+            raise TradingChannelsError("the broker uses another adjudicator or chain")
+        self.ws = ws
+        self.welcome = welcome
+        for market, batch in welcome.open_batches.items():
+            self.open_batches[market] = max(self.open_batches.get(market, 1), batch)
+        if self.party is not None:
+            await send(ws, m.Resume(self.party.channel_id))
+            if self.party.pending is not None:
+                await send(ws, self.party.pending[0])
+        await self._notify()
+        async for raw in ws:
+            await self._handle(ws, raw)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _wait(self, predicate: Callable[[], bool], what: str, timeout: float | None = None) -> None:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(predicate), timeout or self.timeout)
+            except TimeoutError as exc:
+                raise AgentTimeout(f"timed out waiting for {what}") from exc
+
+    def _next_id(self) -> str:
+        return f"t{next(self._ids)}"
+
+    async def _send(self, message: m.Message) -> str:
+        message_id = self._next_id()
+        message = dataclasses.replace(message, id=message_id)
+        if self.ws is None:
+            await self._wait(lambda: self.ws is not None, "a connection")
+        assert self.ws is not None
+        self._replies[message_id] = asyncio.get_running_loop().create_future()
+        await send(self.ws, message)
+        return message_id
+
+    # ------------------------------------------------------------------ incoming
+
+    async def _handle(self, ws: Connection, raw: str | bytes) -> None:
+        message_id = ""
+        try:
+            message = m.parse(raw)
+            message_id = message.id
+            await self._dispatch(ws, message)
+        except ProtocolError as exc:
+            self.events.append(("refused", f"{exc.code}: {exc.reason}"))
+            await send(ws, m.ErrorReply(message_id, exc.code, exc.reason, exc.rule, _channel_of(raw)))
+        except TradingChannelsError as exc:
+            self.events.append(("refused", f"{exc.code}: {exc.reason}"))
+            await send(ws, m.ErrorReply(message_id, exc.code, exc.reason, None, _channel_of(raw)))
+        await self._notify()
+
+    async def _dispatch(self, ws: Connection, msg: m.Message) -> None:
+        if isinstance(msg, m.Propose):
+            await self._on_propose(ws, msg)
+        elif isinstance(msg, m.Ack):
+            party = self._require_party(msg.channel_id)
+            party.on_ack(msg)
+        elif isinstance(msg, m.BatchPriceMessage):
+            self._on_batch_price(msg)
+        elif isinstance(msg, m.Sync):
+            self._on_sync(msg)
+        elif isinstance(msg, m.Yield):
+            self._require_party(msg.channel_id).on_yield(msg)
+        elif isinstance(msg, m.RequestYield):
+            party = self._require_party(msg.channel_id)
+            if party.flow == COOPERATIVE and party.my_turn() and party.pending is None and not self._busy:
+                await send(ws, party.yield_turn())
+        elif isinstance(msg, m.Notice):
+            if msg.code == m.BROKER_DEPOSITED:
+                self._broker_deposited = True
+            self.events.append((msg.code, msg.reason))
+        elif isinstance(msg, m.ErrorReply):
+            future = self._replies.pop(msg.re, None)
+            if future is not None and not future.done():
+                future.set_exception(RequestRefused(msg))
+            else:
+                self.events.append(("error", f"{msg.code}: {msg.reason}"))
+        else:
+            raise ProtocolError(m.UNKNOWN_TYPE, f"a trader does not accept {m.type_name(msg)}")
+
+    _busy = False
+
+    def _require_party(self, channel_id: bytes) -> ChannelParty:
+        if self.party is None or self.party.channel_id != channel_id:
+            raise ProtocolError(m.UNKNOWN_CHANNEL, f"unknown channel 0x{channel_id.hex()}")
+        return self.party
+
+    async def _on_propose(self, ws: Connection, msg: m.Propose) -> None:
+        if msg.kind == "setup" and (self.party is None or self.party.channel_id != msg.channel_id):
+            assert msg.params is not None
+            self._check_setup(msg.params, msg.flow)
+            party, ack = ChannelParty.accept_setup(self.store, self.state_signer, TRADER, msg)
+            self.party = party
+            await send(ws, ack)
+            return
+        party = self._require_party(msg.channel_id)
+        deposits = None
+        if msg.kind == "deposit":
+            status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
+            deposits = (status.trader_deposit, status.broker_deposit)
+
+        def check(channel: Channel, proposal: m.Propose) -> None:
+            self._check_proposal(channel, proposal, deposits)
+
+        await send(ws, party.on_proposal(msg, check))
+
+    def _check_setup(self, params: ChannelParams, flow: str | None) -> None:
+        welcome = self.welcome
+        if welcome is None or flow != SERVER_INITIATIVE:
+            raise ProtocolError(m.WRONG_FLOW, "we did not ask for a server-initiative channel")
+        if (
+            params.trader != self.address
+            or params.broker != welcome.broker
+            or params.token != welcome.token
+            or params.adjudicator != self.adjudicator.address
+            or params.chain_id != self.chain.chain_id
+            or params.nonce != self._expected_setup_nonce
+        ):
+            raise ProtocolError(m.BAD_PARAMS, "these are not the parameters we asked for")
+
+    def _check_proposal(self, channel: Channel, msg: m.Propose, deposits: tuple[int, int] | None) -> None:
+        """What the trader checks beyond the rules before it countersigns a broker proposal."""
+        t = msg.transition
+        if isinstance(t, CreateOrder):
+            stored = {o.nonce: o for o in self.store.orders(channel.params.channel_id)}
+            mine = stored.get(t.order.nonce)
+            if mine is None or mine.order != t.order or mine.signature != t.signature:
+                raise ProtocolError(m.RULE_VIOLATION, "an order we did not place", "order_signature_valid")
+            if t.first_batch < self.open_batches.get(t.order.market, 1):
+                raise ProtocolError(
+                    m.RULE_VIOLATION, f"first batch {t.first_batch} was already priced", "first_batch_is_current"
+                )
+            self._check_clock(t.now)
+            self._check_marks(t.marks)
+        elif isinstance(t, Trade):
+            known = self.store.batch_prices(channel.params.broker, t.batch_price.market, t.batch_price.batch)
+            if not any(k.price == t.batch_price for k in known):
+                raise ProtocolError(m.STALE_MARKS, f"no signed price {t.batch_price.price} for that batch")
+            self._check_clock(t.now)
+            self._check_marks(t.marks)
+        elif isinstance(t, AccountDeposits):
+            if deposits is None or t.trader_deposit > deposits[0] or t.broker_deposit > deposits[1]:
+                raise ProtocolError(m.DEPOSIT_NOT_SEEN, "the adjudicator holds less than the proposal accounts for")
+        elif isinstance(t, Finalize):
+            for market, outcome in zip(channel.params.markets, channel.state.outcomes, strict=True):
+                if outcome.position and t.prices.get(market.id) != self.marks.get(market.id):
+                    raise ProtocolError(m.STALE_MARKS, f"market {market.id}: not the latest batch price")
+
+    def _check_clock(self, now: int) -> None:
+        if abs(now - time.time()) > MAX_CLOCK_SKEW:
+            raise ProtocolError(m.CLOCK_SKEW, f"proposal time {now} is more than {MAX_CLOCK_SKEW}s from ours")
+
+    def _check_marks(self, marks: Any) -> None:
+        for market, price in marks.items():
+            if self.marks.get(market) != price:
+                raise ProtocolError(m.STALE_MARKS, f"market {market}: {price} is not the latest batch price")
+
+    def _on_batch_price(self, msg: m.BatchPriceMessage) -> None:
+        """Keep every batch price (evidence); a second different price for one batch is kept too."""
+        if self.welcome is None:
+            raise ProtocolError(m.NOT_AUTHENTICATED, "no welcome yet")
+        try:
+            verify(self.domain.batch_price_digest(msg.batch_price), msg.signature, self.welcome.broker)
+        except SignatureError as exc:
+            raise ProtocolError(m.BAD_SIGNATURE, exc.reason) from exc
+        price = msg.batch_price
+        record = StoredBatchPrice(self.welcome.broker, price, msg.signature)
+        earlier = self.store.batch_prices(self.welcome.broker, price.market, price.batch)
+        if self.store.put_batch_price(record):
+            self.batch_prices_seen += 1
+            for other in earlier:
+                if other.price.price != price.price:
+                    self.conflicts.append((other, record))
+                    self.events.append(("two_prices", f"market {price.market} batch {price.batch}"))
+        if price.batch >= self.mark_batches.get(price.market, 0):
+            self.mark_batches[price.market] = price.batch
+            self.marks[price.market] = price.price
+        self.open_batches[price.market] = max(self.open_batches.get(price.market, 1), price.batch + 1)
+
+    def _load_marks(self) -> None:
+        if self.party is None:
+            return
+        for market, record in self.store.latest_batch_prices(self.party.params.broker).items():
+            self.marks[market] = record.price.price
+            self.mark_batches[market] = record.price.batch
+            self.open_batches[market] = record.price.batch + 1
+
+    def _on_sync(self, msg: m.Sync) -> None:
+        party = self._require_party(msg.channel_id)
+        if msg.state.version > party.co_signed.state.version:
+            party.adopt(msg.state, msg.trader_signature, msg.broker_signature)
+        if party.flow == COOPERATIVE and msg.turn == TRADER and party.turn != TRADER:
+            party.on_yield(m.Yield(party.channel_id, party.state.version))
+
+    # ------------------------------------------------------------------ the API
+
+    @property
+    def channel_id(self) -> ChannelId:
+        return self._party().channel_id
+
+    def _party(self) -> ChannelParty:
+        if self.party is None:
+            raise TradingChannelsError("no channel yet: open one first")
+        return self.party
+
+    @property
+    def state(self) -> ChannelState:
+        return self._party().co_signed.state
+
+    def open_orders(self) -> tuple[OpenOrder, ...]:
+        return self.state.open_orders
+
+    async def open_channel(
+        self, deposit: int, flow: str = SERVER_INITIATIVE, challenge_duration: int = 3600, nonce: int | None = None
+    ) -> ChannelId:
+        """Set up the channel (version 0 co-signed first), deposit, and have the deposits
+        accounted for in a co-signed state."""
+        if self.party is None:
+            nonce = nonce if nonce is not None else int.from_bytes(os.urandom(8), "big")
+            welcome = self._welcome()
+            if flow == SERVER_INITIATIVE:
+                self._expected_setup_nonce = nonce
+                await self._request(m.RequestSetup(nonce, challenge_duration), lambda: self.party is not None)
+            else:
+                params = ChannelParams(
+                    chain_id=self.chain.chain_id,
+                    adjudicator=self.adjudicator.address,
+                    trader=self.address,
+                    broker=welcome.broker,
+                    token=welcome.token,
+                    challenge_duration=challenge_duration,
+                    nonce=nonce,
+                    markets=tuple(_market(x) for x in welcome.markets),
+                )
+                party, proposal = ChannelParty.propose_setup(self.store, self.state_signer, TRADER, params, flow)
+                self.party = party
+                await self._send(proposal)
+            await self._wait(lambda: bool(self._party().co_signed.broker_signature), "the setup's countersignature")
+        party = self._party()
+        if deposit and party.state.balances.trader_deposit < deposit:
+            await self._deposit_on_chain(deposit)
+            await self._account_deposits()
+        return party.channel_id
+
+    def _welcome(self) -> m.Welcome:
+        if self.welcome is None:
+            raise TradingChannelsError("not connected to the broker")
+        return self.welcome
+
+    async def _deposit_on_chain(self, deposit: int) -> None:
+        party = self._party()
+        token = TokenClient(self.chain, party.params.token)
+        status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
+        missing = deposit - status.trader_deposit
+        if missing > 0:
+            await on_chain(self.chain, token.approve, self.transactor, self.adjudicator.address, missing)
+            await on_chain(self.chain, self.adjudicator.deposit, self.transactor, party.params, self.address, missing)
+            self.events.append(("deposited", str(missing)))
+
+    async def _account_deposits(self) -> None:
+        party = self._party()
+        await self._wait(lambda: self._broker_deposited, "the broker's deposit", timeout=self.timeout * 2)
+        status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
+        target = (status.trader_deposit, status.broker_deposit)
+
+        def accounted() -> bool:
+            b = party.co_signed.state.balances
+            return (b.trader_deposit, b.broker_deposit) == target and party.pending is None
+
+        if party.flow == SERVER_INITIATIVE:
+            await self._request(m.RequestDeposit(party.channel_id), accounted)
+        else:
+            await self._propose("deposit", AccountDeposits(TokenAmount(target[0]), TokenAmount(target[1])))
+
+    async def place_order(
+        self,
+        market: int,
+        is_buy: bool,
+        amount_synthetic: int,
+        amount_collateral: int,
+        max_fee: int,
+        expiration_hours: int | None = None,
+    ) -> Nonce:
+        """Sign an order and have its collateral locked in a co-signed state; returns its nonce."""
+        party = self._party()
+        used = party.channel.used_nonces | {o.nonce for o in self.store.orders(party.channel_id)}
+        nonce = Nonce(max(used, default=0) + 1)
+        order = Order(
+            channel_id=party.channel_id,
+            trader=self.address,
+            collateral=party.params.token,
+            market=MarketId(market),
+            is_buy=is_buy,
+            amount_synthetic=SyntheticAmount(amount_synthetic),
+            amount_collateral=TokenAmount(amount_collateral),
+            max_fee=TokenAmount(max_fee),
+            nonce=nonce,
+            expiration=ExpirationHours(expiration_hours or int(time.time()) // 3600 + 24),
+        )
+        signature = self.signer.sign(self.domain, order)
+        self.store.put_order(StoredOrder(party.channel_id, nonce, order, signature))
+        if party.flow == SERVER_INITIATIVE:
+            await self._request(
+                m.CreateOrderRequest(party.channel_id, order, signature), lambda: nonce in party.channel.used_nonces
+            )
+        else:
+            await self._propose(
+                "lock",
+                lambda: CreateOrder(
+                    order,
+                    signature,
+                    BatchNumber(self.open_batches.get(market, 1)),
+                    Timestamp(int(time.time())),
+                    dict(self.marks),
+                ),
+            )
+        return nonce
+
+    async def cancel_order(self, nonce: int) -> None:
+        party = self._party()
+        if party.flow == SERVER_INITIATIVE:
+            await self._request(
+                m.CancelOrderRequest(party.channel_id, Nonce(nonce)),
+                lambda: party.channel.open_order(nonce) is None and party.pending is None,
+            )
+        else:
+            await self._propose("cancel", CancelOrder(Nonce(nonce)))
+
+    async def finalize(self) -> ChannelState:
+        """Close every position at the latest batch prices and co-sign the final state."""
+        party = self._party()
+        if party.flow == SERVER_INITIATIVE:
+            await self._request(m.RequestFinalize(party.channel_id), lambda: party.co_signed.state.is_final)
+        else:
+
+            def prices() -> Finalize:
+                return Finalize(
+                    {
+                        mk.id: self.marks[mk.id]
+                        for mk, outcome in zip(party.params.markets, party.state.outcomes, strict=True)
+                        if outcome.position
+                    }
+                )
+
+            await self._propose("finalize", prices)
+        return party.co_signed.state
+
+    async def close_on_chain(self) -> dict[str, Any]:
+        """Submit the co-signed final state: the adjudicator pays both parties at once."""
+        party = self._party()
+        if not party.co_signed.state.is_final:
+            raise TradingChannelsError("the channel has no co-signed final state yet")
+        receipt = await on_chain(self.chain, self.adjudicator.close, self.transactor, party.params, party.co_signed)
+        party.set_status("closed")
+        return dict(receipt)
+
+    async def wait_batches(self, count: int, market: int | None = None) -> None:
+        """Wait until ``count`` more batch prices (of ``market``, or any) have arrived."""
+        start = dict(self.open_batches)
+        if market is None:
+            target = self.batch_prices_seen + count
+            await self._wait(lambda: self.batch_prices_seen >= target, f"{count} batch prices", self.timeout * count)
+        else:
+            goal = start.get(market, 1) + count
+            await self._wait(lambda: self.open_batches.get(market, 1) >= goal, f"{count} batches of market {market}")
+        party = self._party()
+        await self._wait(lambda: party.pending is None, "the trades of those batches")
+
+    async def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float | None = None) -> None:
+        await self._wait(predicate, what, timeout)
+
+    # ------------------------------------------------------------------ request / propose plumbing
+
+    async def _request(self, message: m.Message, done: Callable[[], bool]) -> None:
+        """Send an unsigned request (server-initiative flow) and wait until ``done`` holds."""
+        message_id = await self._send(message)
+        future = self._replies[message_id]
+        waiter = asyncio.ensure_future(self._wait(done, m.type_name(message)))
+        try:
+            finished, _ = await asyncio.wait({waiter, future}, return_when=asyncio.FIRST_COMPLETED)
+            if future in finished:
+                future.result()  # raises RequestRefused
+                await waiter
+            else:
+                waiter.result()
+        finally:
+            self._replies.pop(message_id, None)
+            for task in (waiter, future):
+                if not task.done():
+                    task.cancel()
+
+    async def _propose(self, kind: str, transition: Any) -> None:
+        """Cooperative flow: take the turn, propose, wait for the ACK, yield the turn."""
+        party = self._party()
+        deadline = time.monotonic() + self.timeout * 2
+        self._busy = True
+        try:
+            while True:
+                if not party.my_turn():
+                    await self._send(m.RequestYield(party.channel_id))
+                    await self._wait(lambda: party.my_turn() or party.pending is not None, "the turn")
+                    if not party.my_turn():
+                        continue
+                built = transition() if callable(transition) else transition
+                proposal, _ = party.propose(kind, built)
+                message_id = await self._send(proposal)
+                future = self._replies[message_id]
+                waiter = asyncio.ensure_future(self._wait(lambda: party.pending is None, f"the ACK of {kind}"))
+                finished, _ = await asyncio.wait({waiter, future}, return_when=asyncio.FIRST_COMPLETED)
+                self._replies.pop(message_id, None)
+                if future in finished:
+                    waiter.cancel()
+                    exc = future.exception()
+                    if isinstance(exc, RequestRefused) and exc.code in (m.MARKET_BUSY, m.PROPOSAL_PENDING):
+                        self._withdraw_pending()
+                        if time.monotonic() > deadline:
+                            raise exc
+                        await asyncio.sleep(RETRY_DELAY)
+                        continue
+                    self._withdraw_pending()
+                    if exc is not None:
+                        raise exc
+                future.cancel()
+                await waiter
+                break
+            if party.my_turn() and party.pending is None:
+                await self._send(party.yield_turn())
+        finally:
+            self._busy = False
+            await self._notify()
+
+    def _withdraw_pending(self) -> None:
+        """The broker refused our proposal: forget it (we signed it, so the version stays
+        burned in our signature log; the next proposal uses it only with the same state)."""
+        party = self._party()
+        if party.pending is not None:
+            with self.store.transaction():
+                party.pending = None
+                party.save()
+
+
+def _channel_of(raw: str | bytes) -> ChannelId | None:
+    """The channel id of a refused message, when it has a well-formed one (for the reply)."""
+    try:
+        data = json.loads(raw)
+        value = data.get("channel_id") if isinstance(data, dict) else None
+        if isinstance(value, str) and len(value) == 66 and value.startswith("0x"):
+            return ChannelId(bytes.fromhex(value[2:]))
+    except ValueError:
+        pass
+    return None
+
+
+def _market(data: dict[str, str]) -> Market:
+    from offchain.model import check_address, parse_decimal
+
+    return Market(
+        id=MarketId(parse_decimal(data.get("id"), "id")),
+        feed=check_address("feed", data.get("feed")),
+        resolution=parse_decimal(data.get("resolution"), "resolution"),
+        risk_factor=parse_decimal(data.get("risk_factor"), "risk_factor"),
+        max_price_age=parse_decimal(data.get("max_price_age"), "max_price_age"),
+    )

@@ -1,0 +1,350 @@
+"""One side of one channel: proposals, countersignatures and turns, with the store in front.
+
+A :class:`ChannelParty` wraps the pure machine (:mod:`offchain.engine.channel`) with what a
+party must do around it (MISSION.md, "Off-chain protocol"):
+
+- a proposal is checked in full (turn, version, the proposer's signature, the transition's
+  rules, the exact resulting state) before anything is stored or signed;
+- the state is written to the durable store before it is signed or acknowledged; the signature
+  log in the store refuses a second different state with one version, also after a restart;
+- one pending proposal per channel at a time;
+- a duplicate of a proposal already acknowledged is answered with the same ACK and changes
+  nothing; an older or conflicting one is refused with ``stale_version``.
+
+The networking lives in the agents; this class is synchronous and does no I/O but the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from offchain.engine.channel import Channel, Transition, Transitioned, apply, expect, setup
+from offchain.engine.rules import RuleViolation
+from offchain.errors import SignatureError
+from offchain.model import ChannelParams, ChannelState
+from offchain.protocol import messages as m
+from offchain.protocol.messages import ProtocolError
+from offchain.signing import CoSignedState, StateSigner, verify
+from offchain.store import ChannelRecord, Store
+from offchain.types import Address, ChannelId, Signature
+
+TRADER = "trader"
+BROKER = "broker"
+SERVER_INITIATIVE = "server_initiative"
+COOPERATIVE = "cooperative"
+
+ContextCheck = Callable[[Channel, m.Propose], None]
+"""An agent's own checks of a proposal against what it knows (chain, batch prices, clock);
+raises ProtocolError. Runs after the message checks and before anything is stored or signed."""
+
+
+class ChannelParty:
+    """What one side holds of a channel, and the only way it changes."""
+
+    def __init__(
+        self,
+        store: Store,
+        signer: StateSigner,
+        role: str,
+        channel: Channel,
+        flow: str,
+        turn: str,
+        co_signed: CoSignedState,
+        status: str = "open",
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.role = role
+        self.channel = channel
+        self.flow = flow
+        self.turn = turn
+        self.co_signed = co_signed
+        self.status = status
+        self.pending: tuple[m.Propose, Transitioned] | None = None
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def params(self) -> ChannelParams:
+        return self.channel.params
+
+    @property
+    def channel_id(self) -> ChannelId:
+        return self.channel.params.channel_id
+
+    @property
+    def state(self) -> ChannelState:
+        return self.channel.state
+
+    @property
+    def counterpart(self) -> Address:
+        return self.params.broker if self.role == TRADER else self.params.trader
+
+    @property
+    def other_role(self) -> str:
+        return BROKER if self.role == TRADER else TRADER
+
+    def my_turn(self) -> bool:
+        return self.turn == self.role
+
+    # ------------------------------------------------------------------ creation and loading
+
+    @classmethod
+    def propose_setup(
+        cls, store: Store, signer: StateSigner, role: str, params: ChannelParams, flow: str
+    ) -> tuple[ChannelParty, m.Propose]:
+        """Create the channel with our signature on version 0 and the setup proposal to send."""
+        channel = setup(params)
+        turn = role if flow == COOPERATIVE else BROKER
+        with store.transaction():
+            if store.channel(params.channel_id) is not None:
+                raise ProtocolError(m.CHANNEL_EXISTS, "this channel exists already")
+            party = cls(store, signer, role, channel, flow, turn, _unsigned(channel.state))
+            store.put_state(channel.state, None, None)
+            signature = signer.sign_state(channel.state)
+            proposal = m.Propose(
+                channel_id=params.channel_id,
+                kind="setup",
+                transition=None,
+                state=channel.state,
+                signature=signature,
+                params=params,
+                flow=flow,
+            )
+            party._record_signature(channel.state, signature)
+            party.pending = (proposal, Transitioned(channel, ()))
+            party.save()
+        return party, proposal
+
+    @classmethod
+    def accept_setup(
+        cls, store: Store, signer: StateSigner, role: str, proposal: m.Propose, check: ContextCheck | None = None
+    ) -> tuple[ChannelParty, m.Ack]:
+        """Countersign a setup proposal after checking it (the caller checks the parameters)."""
+        params, flow = proposal.params, proposal.flow
+        if params is None or flow is None:
+            raise ProtocolError(m.INVALID_MESSAGE, "a setup proposal carries params and flow")
+        existing = store.channel(params.channel_id)
+        if existing is not None:
+            party = cls.load(store, signer, params.channel_id)
+            return party, party.on_proposal(proposal)  # a duplicate gets the same ACK
+        channel = setup(params)
+        if proposal.state != channel.state:
+            raise ProtocolError(m.RULE_VIOLATION, "the setup state is not the version-0 state of these parameters")
+        proposer = params.broker if role == TRADER else params.trader
+        _verify(channel, proposal.state, proposal.signature, proposer)
+        if check is not None:
+            check(channel, proposal)
+        turn = (BROKER if role == TRADER else TRADER) if flow == COOPERATIVE else BROKER  # the proposer's
+        with store.transaction():
+            party = cls(store, signer, role, channel, flow, turn, _unsigned(channel.state))
+            store.put_state(channel.state, None, None)
+            party._record_signature(channel.state, proposal.signature, mine=False)
+            signature = signer.sign_state(channel.state)
+            party._record_signature(channel.state, signature)
+            party.save()
+        return party, m.Ack(params.channel_id, 0, signature)
+
+    @classmethod
+    def load(cls, store: Store, signer: StateSigner, channel_id: bytes) -> ChannelParty:
+        """The party as the store left it (after a restart)."""
+        record = store.channel(channel_id)
+        if record is None:
+            raise ProtocolError(m.UNKNOWN_CHANNEL, f"unknown channel 0x{channel_id.hex()}")
+        meta = record.meta
+        latest = store.latest_co_signed(channel_id)
+        if latest is not None:
+            state = latest.state
+            co_signed = CoSignedState(state, _sig(latest.trader_signature), _sig(latest.broker_signature))
+        else:
+            stored = store.state(channel_id, 0)
+            if stored is None:
+                raise ProtocolError(m.UNKNOWN_CHANNEL, "the store has no state of this channel")
+            state = stored.state
+            co_signed = _unsigned(state)
+        channel = Channel(record.params, state, frozenset(int(n) for n in meta.get("used_nonces", [])))
+        party = cls(
+            store, signer, meta["role"], channel, meta["flow"], meta["turn"], co_signed, meta.get("status", "open")
+        )
+        pending = store.pending(channel_id)
+        if pending is not None:
+            proposal = m.from_json(pending)
+            if isinstance(proposal, m.Propose) and proposal.state.version == state.version + 1:
+                party.pending = (proposal, _replay(channel, proposal))
+            elif isinstance(proposal, m.Propose) and proposal.kind == "setup" and latest is None:
+                party.pending = (proposal, Transitioned(channel, ()))
+        return party
+
+    def save(self) -> None:
+        """Write the channel record and the pending proposal (inside the caller's transaction)."""
+        meta: dict[str, Any] = {
+            "role": self.role,
+            "flow": self.flow,
+            "turn": self.turn,
+            "status": self.status,
+            "used_nonces": sorted(str(n) for n in self.channel.used_nonces),
+        }
+        self.store.put_channel(ChannelRecord(self.channel_id, self.params, meta))
+        self.store.put_pending(self.channel_id, m.to_json(self.pending[0]) if self.pending else None)
+
+    # ------------------------------------------------------------------ proposing
+
+    def propose(self, kind: str, transition: Transition) -> tuple[m.Propose, Transitioned]:
+        """Apply ``transition``, store and sign the result, and return the proposal to send."""
+        self._require_open()
+        if self.pending is not None:
+            raise ProtocolError(m.PROPOSAL_PENDING, "a proposal of ours is waiting for its ACK")
+        if not self.my_turn():
+            raise ProtocolError(m.NOT_YOUR_TURN, f"it is the {self.turn}'s turn")
+        result = apply(self.channel, transition)
+        with self.store.transaction():
+            self.store.put_state(result.state, None, None)
+            signature = self.signer.sign_state(result.state)
+            self._record_signature(result.state, signature)
+            proposal = m.Propose(self.channel_id, kind, transition, result.state, signature)
+            self.pending = (proposal, result)
+            self.save()
+        return proposal, result
+
+    def on_ack(self, ack: m.Ack) -> Transitioned:
+        """The counterpart countersigned our pending proposal: it is now the agreed state."""
+        if self.pending is None:
+            if ack.version == self.state.version and self.co_signed.state.version == ack.version:
+                return Transitioned(self.channel, ())  # a duplicate ACK: nothing to do
+            raise ProtocolError(m.NO_PENDING_PROPOSAL, "no proposal of ours is waiting for an ACK")
+        proposal, result = self.pending
+        if ack.version != proposal.state.version:
+            raise ProtocolError(m.STALE_VERSION, f"ACK for version {ack.version}, pending {proposal.state.version}")
+        _verify(result.channel, proposal.state, ack.signature, self.counterpart)
+        with self.store.transaction():
+            self._record_signature(proposal.state, ack.signature, mine=False)
+            self.channel = result.channel
+            self.pending = None
+            self.save()
+        return result
+
+    def yield_turn(self) -> m.Yield:
+        if self.flow != COOPERATIVE:
+            raise ProtocolError(m.WRONG_FLOW, "Yield belongs to the cooperative flow")
+        if not self.my_turn() or self.pending is not None:
+            raise ProtocolError(m.NOT_YOUR_TURN, "we do not hold the turn, or a proposal is pending")
+        with self.store.transaction():
+            self.turn = self.other_role
+            self.save()
+        return m.Yield(self.channel_id, self.state.version)
+
+    # ------------------------------------------------------------------ answering
+
+    def on_proposal(self, proposal: m.Propose, check: ContextCheck | None = None) -> m.Ack:
+        """Check a proposal of the counterpart in full, store it, countersign it."""
+        version = proposal.state.version
+        if version <= self.co_signed.state.version or (proposal.kind == "setup" and version == 0):
+            return self._duplicate(proposal)
+        self._require_open()
+        if proposal.kind == "setup":
+            raise ProtocolError(m.CHANNEL_EXISTS, "this channel exists already")
+        if self.flow == SERVER_INITIATIVE and self.role == BROKER:
+            raise ProtocolError(m.NOT_YOUR_TURN, "in the server-initiative flow only the broker proposes")
+        if self.flow == COOPERATIVE and self.my_turn():
+            raise ProtocolError(m.NOT_YOUR_TURN, f"it is the {self.role}'s turn, not yours")
+        if self.pending is not None:
+            raise ProtocolError(m.PROPOSAL_PENDING, "a proposal of ours is pending; answer it first")
+        if version != self.state.version + 1:
+            raise ProtocolError(m.STALE_VERSION, f"expected version {self.state.version + 1}, got {version}")
+        if proposal.transition is None:
+            raise ProtocolError(m.INVALID_MESSAGE, "a proposal carries its transition")
+        _verify(self.channel, proposal.state, proposal.signature, self.counterpart)
+        if check is not None:
+            check(self.channel, proposal)
+        try:
+            result = expect(self.channel, proposal.transition, proposal.state)
+        except RuleViolation as exc:
+            raise ProtocolError(m.RULE_VIOLATION, exc.reason, exc.rule.value) from exc
+        with self.store.transaction():
+            self.store.put_state(result.state, None, None)
+            self._record_signature(result.state, proposal.signature, mine=False)
+            signature = self.signer.sign_state(result.state)
+            self._record_signature(result.state, signature)
+            self.channel = result.channel
+            self.save()
+        return m.Ack(self.channel_id, version, signature)
+
+    def on_yield(self, message: m.Yield) -> None:
+        if self.flow != COOPERATIVE:
+            raise ProtocolError(m.WRONG_FLOW, "Yield belongs to the cooperative flow")
+        if self.turn == self.role:
+            if message.version <= self.state.version:
+                return  # a duplicate Yield: we already hold the turn
+            raise ProtocolError(m.STALE_VERSION, "Yield for a version we do not know")
+        if message.version != self.state.version:
+            raise ProtocolError(m.STALE_VERSION, f"Yield at version {message.version}, ours is {self.state.version}")
+        with self.store.transaction():
+            self.turn = self.role
+            self.save()
+
+    def adopt(self, state: ChannelState, trader_signature: Signature, broker_signature: Signature) -> bool:
+        """Take a co-signed state newer than ours (after a lost ACK). Only a state we signed
+        ourselves can be newer, so it must be our pending proposal's. Returns True if adopted."""
+        if state.version <= self.co_signed.state.version:
+            return False
+        if self.pending is None or self.pending[0].state != state:
+            raise ProtocolError(m.STALE_VERSION, "a co-signed state we did not propose")
+        digest = self.channel.domain.state_digest(state)
+        for signature, signer in ((trader_signature, self.params.trader), (broker_signature, self.params.broker)):
+            try:
+                verify(digest, signature, signer)
+            except SignatureError as exc:
+                raise ProtocolError(m.BAD_SIGNATURE, exc.reason) from exc
+        self.on_ack(
+            m.Ack(self.channel_id, state.version, broker_signature if self.role == TRADER else trader_signature)
+        )
+        return True
+
+    def set_status(self, status: str) -> None:
+        with self.store.transaction():
+            self.status = status
+            self.save()
+
+    # ------------------------------------------------------------------ internals
+
+    def _require_open(self) -> None:
+        if self.state.is_final and self.co_signed.state.is_final:
+            raise ProtocolError(m.CHANNEL_CLOSED, "the channel is final")
+
+    def _duplicate(self, proposal: m.Propose) -> m.Ack:
+        stored = self.store.state(self.channel_id, proposal.state.version)
+        mine = None
+        if stored is not None and stored.state == proposal.state:
+            mine = stored.trader_signature if self.role == TRADER else stored.broker_signature
+        if mine is None:
+            raise ProtocolError(m.STALE_VERSION, f"version {proposal.state.version} is already agreed differently")
+        return m.Ack(self.channel_id, proposal.state.version, Signature(mine))
+
+    def _record_signature(self, state: ChannelState, signature: Signature, mine: bool = True) -> None:
+        trader_side = (self.role == TRADER) == mine
+        self.store.put_state(state, signature if trader_side else None, None if trader_side else signature)
+        stored = self.store.state(self.channel_id, state.version)
+        if stored is not None and stored.co_signed:
+            self.co_signed = CoSignedState(state, _sig(stored.trader_signature), _sig(stored.broker_signature))
+
+
+def _verify(channel: Channel, state: ChannelState, signature: Signature, signer: Address) -> None:
+    try:
+        verify(channel.domain.state_digest(state), signature, signer)
+    except SignatureError as exc:
+        raise ProtocolError(m.BAD_SIGNATURE, exc.reason) from exc
+
+
+def _sig(raw: bytes | None) -> Signature:
+    return Signature(raw or b"")
+
+
+def _unsigned(state: ChannelState) -> CoSignedState:
+    return CoSignedState(state, Signature(b""), Signature(b""))
+
+
+def _replay(channel: Channel, proposal: m.Propose) -> Transitioned:
+    if proposal.transition is None:
+        return Transitioned(channel, ())
+    return apply(channel, proposal.transition)
