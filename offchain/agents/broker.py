@@ -52,6 +52,7 @@ from offchain.types import (
     MarketId,
     Nonce,
     Price,
+    Signature,
     SyntheticAmount,
     Timestamp,
     TokenAmount,
@@ -231,7 +232,7 @@ class BrokerAgent:
         )
         # The latest signed price of every market: the marks a newcomer needs to check states.
         for record in self.store.latest_batch_prices(self.address).values():
-            await send(ws, m.BatchPriceMessage(record.price, record.signature))
+            await send(ws, m.BatchPriceMessage(record.price, Signature(record.signature)))
         return hello.address
 
     async def _handle(self, ws: Connection, trader: Address, raw: str | bytes) -> None:
