@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from offchain.errors import TradingChannelsError, ValidationError
+from offchain.types import Address
 
 ANVIL_CHAIN_ID = 31337
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
@@ -81,8 +82,156 @@ def _deploy(args: argparse.Namespace) -> int:
     path = write_deployment(Path(args.deployments), deployment)
     for name, contract in sorted(deployment.contracts.items()):
         print(f"  {name:<32} {contract.address}  (block {contract.block})")
+    if args.mint:
+        _mint_to_dev_accounts(chain, sender, deployment.token, args.mint)
     print(f"wrote {path}")
     return 0
+
+
+def _load_deployment_for(args: argparse.Namespace) -> tuple[object, object]:
+    from offchain.chain.connection import rpc_chain
+    from offchain.chain.deploy import load_deployment
+
+    chain = rpc_chain(args.rpc)
+    deployment = load_deployment(Path(args.deployments), args.network, expected_chain_id=chain.chain_id)
+    return chain, deployment
+
+
+def _parse_market(spec: str, index: int) -> tuple[int, str, int]:
+    """``ID,FEED DESCRIPTION,REFERENCE_PRICE``, e.g. ``1,XAU / USD,2000000000``."""
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+        raise ValidationError(f"--market #{index + 1} must be ID,FEED DESCRIPTION,REFERENCE_PRICE, got {spec!r}")
+    return int(parts[0]), parts[1], int(parts[2])
+
+
+def _broker(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from offchain.agents.broker import BrokerAgent, BrokerConfig
+    from offchain.chain.connection import Chain
+    from offchain.chain.deploy import Deployment
+    from offchain.model import Market
+    from offchain.sandbox import DEFAULT_MAX_PRICE_AGE, DEFAULT_RISK_FACTOR
+    from offchain.signing import LocalSigner
+    from offchain.store import open_store
+    from offchain.types import MarketId
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s broker %(message)s", stream=sys.stdout)
+    for noisy in ("websockets", "web3", "urllib3", "eth", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not 0 <= args.fee_bps <= 10_000:
+        raise ValidationError("--fee-bps must be within [0, 10000]")
+    if args.batch_seconds <= 0 or args.ack_timeout <= 0:
+        raise ValidationError("--batch-seconds and --ack-timeout must be positive")
+    if not args.market:
+        raise ValidationError("give at least one --market ID,FEED DESCRIPTION,REFERENCE_PRICE")
+    chain_obj, deployment_obj = _load_deployment_for(args)
+    assert isinstance(chain_obj, Chain) and isinstance(deployment_obj, Deployment)
+    chain, deployment = chain_obj, deployment_obj
+    feeds = deployment.feeds()
+    markets = []
+    references = {}
+    for i, spec in enumerate(args.market):
+        market_id, description, reference = _parse_market(spec, i)
+        if description not in feeds:
+            raise ValidationError(f"no feed {description!r} in the deployment; it has {sorted(feeds)}")
+        markets.append(
+            Market(MarketId(market_id), feeds[description], args.resolution, DEFAULT_RISK_FACTOR, DEFAULT_MAX_PRICE_AGE)
+        )
+        references[market_id] = reference
+    key = _deploy_key(args, chain.chain_id)
+    config = BrokerConfig(
+        host=args.host,
+        port=args.port,
+        batch_seconds=args.batch_seconds,
+        fee_bps=args.fee_bps,
+        ack_timeout=args.ack_timeout,
+        channel_deposit=args.channel_deposit,
+        markets=tuple(markets),
+        reference_prices=references,
+    )
+
+    async def serve() -> None:
+        store = open_store(args.store)
+        broker = BrokerAgent(LocalSigner(key), store, chain, deployment.adjudicator, deployment.token, config)
+        await broker.start()
+        print(f"broker {broker.address} ready on ws://{args.host}:{broker.port}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await broker.stop()
+            store.close()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        print("broker stopped", flush=True)
+    return 0
+
+
+def _trader(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from offchain.agents.script import load_script, run_script
+    from offchain.agents.trader import TraderAgent
+    from offchain.chain.connection import Chain
+    from offchain.chain.deploy import Deployment
+    from offchain.signing import LocalSigner
+    from offchain.store import open_store
+
+    steps = load_script(args.script)
+    chain_obj, deployment_obj = _load_deployment_for(args)
+    assert isinstance(chain_obj, Chain) and isinstance(deployment_obj, Deployment)
+    chain, deployment = chain_obj, deployment_obj
+    key = _deploy_key(args, chain.chain_id)
+
+    def progress(line: str) -> None:
+        if not args.json:
+            print(f"trader: {line}", flush=True)
+
+    async def run() -> dict[str, object]:
+        store = open_store(args.store)
+        agent = TraderAgent(
+            LocalSigner(key), store, chain, args.broker_url, deployment.adjudicator, timeout=args.timeout
+        )
+        try:
+            await agent.start()
+            return await run_script(agent, steps, progress)
+        finally:
+            await agent.stop()
+            store.close()
+
+    summary = asyncio.run(run())
+    print(json.dumps(summary) if args.json else json.dumps(summary, indent=2), flush=True)
+    return 0
+
+
+def _add_node_and_key(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpc", required=True, help="JSON-RPC URL of the node, e.g. http://127.0.0.1:8545")
+    p.add_argument("--network", required=True, help="deployment to use: deployments/NAME.json")
+    p.add_argument("--deployments", default="deployments", help="directory of deployment files (default: deployments)")
+    p.add_argument("--keystore", help="encrypted keystore JSON of the account")
+    p.add_argument("--password-file", help="file holding the keystore password (default: prompt)")
+    p.add_argument("--dev-account", type=int, help="use anvil's dev account N (local chains only)")
+
+
+def _mint_to_dev_accounts(chain: object, sender: object, token: Address, amount: int) -> None:
+    """Local anvil chains: give each of the ten dev accounts ``amount`` test tokens."""
+    from eth_account import Account
+
+    from offchain.chain.client import TokenClient
+    from offchain.chain.connection import Chain, Transactor
+    assert isinstance(chain, Chain) and isinstance(sender, Transactor)
+    if chain.chain_id != ANVIL_CHAIN_ID:
+        raise ValidationError(f"--mint is for local anvil chains (chain id {ANVIL_CHAIN_ID})")
+    Account.enable_unaudited_hdwallet_features()
+    client = TokenClient(chain, token)
+    for n in range(10):
+        account = Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{n}")
+        client.mint(sender, account.address, amount)
+    print(f"minted {amount} test-token base units to each of anvil's 10 dev accounts")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -139,7 +288,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="also deploy a price feed, e.g. 'XAU / USD' (repeatable)",
     )
     p.add_argument("--no-token", action="store_true", help="do not deploy the test token")
+    p.add_argument(
+        "--mint", type=int, default=0, metavar="AMOUNT", help="local anvil only: mint AMOUNT tokens to each dev account"
+    )
     p.set_defaults(func=_deploy)
+
+    p = sub.add_parser("broker", help="run the broker: WebSocket server, batch auctions, its side of every channel")
+    _add_node_and_key(p)
+    p.add_argument("--store", default="broker.db", help="SQLite store (default: broker.db; ':memory:' for none)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0 picks a free one)")
+    p.add_argument(
+        "--market",
+        action="append",
+        default=[],
+        metavar="ID,FEED,PRICE",
+        help="a market: id, feed description in the deployment, reference price before the first batch "
+        "(collateral base units per whole unit), e.g. '1,XAU / USD,2000000000' (repeatable)",
+    )
+    p.add_argument("--resolution", type=int, default=10**6, help="synthetic base units per unit (default: 10^6)")
+    p.add_argument("--batch-seconds", type=float, default=2.0, help="length of a batch (default: 2)")
+    p.add_argument("--fee-bps", type=int, default=10, help="fee in basis points of each fill (default: 10)")
+    p.add_argument("--ack-timeout", type=float, default=10.0, help="seconds before a silent trader is reported")
+    p.add_argument(
+        "--channel-deposit", type=int, default=0, help="token base units the broker deposits into each channel"
+    )
+    p.set_defaults(func=_broker)
+
+    p = sub.add_parser("trader", help="run a trader agent: open a channel and trade from a script")
+    _add_node_and_key(p)
+    p.add_argument("--broker-url", required=True, help="the broker's WebSocket URL, e.g. ws://127.0.0.1:8765")
+    p.add_argument("--store", default="trader.db", help="SQLite store (default: trader.db)")
+    p.add_argument("--script", required=True, help="JSON script of steps (see docs/protocol.md)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker (default: 30)")
+    p.add_argument("--json", action="store_true", help="print only the JSON summary")
+    p.set_defaults(func=_trader)
 
     p = sub.add_parser("demo", help="run the dispute story end to end and print the payouts")
     p.add_argument("--rpc", help="run on this JSON-RPC node instead of the embedded in-process chain")
