@@ -374,9 +374,6 @@ class BrokerAgent:
             self._maybe_deposit(party)
             return
         party = self._party_of(trader, msg.channel_id)
-        lock = self.channel_locks[party.channel_id]
-        if lock.locked() and msg.state.version > party.state.version:
-            raise ProtocolError(m.PROPOSAL_PENDING, "the broker is proposing in this channel; retry")
         if msg.kind == "trade":
             raise ProtocolError(m.KIND_NOT_ALLOWED, "only the broker proposes trades")
         on_chain_deposits = None
@@ -450,7 +447,9 @@ class BrokerAgent:
 
     # ------------------------------------------------------------------ proposals of the broker
 
-    async def _propose(self, party: ChannelParty, kind: str, transition: Any, ws: Connection | None = None) -> bool:
+    async def _propose(
+        self, party: ChannelParty, kind: str, transition: Any, ws: Connection | None = None, re: str = ""
+    ) -> bool:
         """Propose under the channel's lock, wait for the ACK; False if refused or unanswered."""
         async with self.channel_locks[party.channel_id]:
             if party.channel_id in self.unresponsive:
@@ -463,12 +462,13 @@ class BrokerAgent:
             except ProtocolError as exc:
                 self._event("refused", f"{kind} in 0x{party.channel_id.hex()}: {exc.reason}")
                 if ws is not None:
-                    await send(ws, error_reply("", exc, party.channel_id))
+                    await send(ws, error_reply(re, exc, party.channel_id))
                 return False
             except RuleViolation as exc:
                 self._event("refused", f"{kind} in 0x{party.channel_id.hex()}: {exc.reason}")
                 if ws is not None:
-                    await send(ws, error_reply("", ProtocolError(m.RULE_VIOLATION, exc.reason, exc.rule.value)))
+                    refusal = ProtocolError(m.RULE_VIOLATION, exc.reason, exc.rule.value)
+                    await send(ws, error_reply(re, refusal, party.channel_id))
                 return False
             acked = await self._deliver(party, proposal)
         await self._grant_turns()
@@ -575,7 +575,7 @@ class BrokerAgent:
             transition = CreateOrder(
                 msg.order, msg.signature, BatchNumber(book.open_batch), Timestamp(int(time.time())), self.marks()
             )
-            await self._propose(party, "lock", transition, ws)
+            await self._propose(party, "lock", transition, ws, msg.id)
         finally:
             await self._done_in_flight()
 
@@ -586,7 +586,7 @@ class BrokerAgent:
             return
         await self._in_flight()
         try:
-            await self._propose(party, "cancel", CancelOrder(Nonce(msg.nonce)), ws)
+            await self._propose(party, "cancel", CancelOrder(Nonce(msg.nonce)), ws, msg.id)
         finally:
             await self._done_in_flight()
 
@@ -596,7 +596,7 @@ class BrokerAgent:
             await asyncio.shield(task)
         status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
         transition = AccountDeposits(TokenAmount(status.trader_deposit), TokenAmount(status.broker_deposit))
-        await self._propose(party, "deposit", transition, ws)
+        await self._propose(party, "deposit", transition, ws, msg.id)
 
     async def _propose_finalize(self, party: ChannelParty, msg: m.RequestFinalize, ws: Connection) -> None:
         await self._in_flight()
@@ -606,7 +606,7 @@ class BrokerAgent:
                 for mk, outcome in zip(party.params.markets, party.state.outcomes, strict=True)
                 if outcome.position
             }
-            await self._propose(party, "finalize", Finalize(prices), ws)
+            await self._propose(party, "finalize", Finalize(prices), ws, msg.id)
         finally:
             await self._done_in_flight()
 

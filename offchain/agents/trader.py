@@ -48,7 +48,6 @@ from offchain.types import (
 )
 
 MAX_CLOCK_SKEW = 300
-RETRY_DELAY = 0.05
 
 
 class AgentTimeout(TradingChannelsError):
@@ -532,15 +531,23 @@ class TraderAgent:
     async def _request(self, message: m.Message, done: Callable[[], bool]) -> None:
         """Send an unsigned request (server-initiative flow) and wait until ``done`` holds."""
         message_id = await self._send(message)
+        await self._until(message_id, done, m.type_name(message))
+
+    async def _until(self, message_id: str, done: Callable[[], bool], what: str) -> None:
+        """Wait until ``done`` holds or the broker refuses ``message_id``. A broker that stays
+        silent past the timeout is reported unresponsive (the dispute path takes over)."""
         future = self._replies[message_id]
-        waiter = asyncio.ensure_future(self._wait(done, m.type_name(message)))
+        waiter = asyncio.ensure_future(self._wait(done, what))
         try:
             finished, _ = await asyncio.wait({waiter, future}, return_when=asyncio.FIRST_COMPLETED)
-            if future in finished:
+            if future in finished and not done():
                 future.result()  # raises RequestRefused
-                await waiter
-            else:
-                waiter.result()
+            await waiter
+        except AgentTimeout:
+            if self.party is not None:
+                self.party.set_status("unresponsive")
+            self.events.append(("unresponsive", f"the broker did not answer: {what}"))
+            raise
         finally:
             self._replies.pop(message_id, None)
             for task in (waiter, future):
@@ -548,39 +555,24 @@ class TraderAgent:
                     task.cancel()
 
     async def _propose(self, kind: str, transition: Any) -> None:
-        """Cooperative flow: take the turn, propose, wait for the ACK, yield the turn."""
+        """Cooperative flow: take the turn, propose, wait for the ACK, yield the turn.
+
+        A refusal is final for this proposal: we signed its state, so its version can only ever
+        carry that state (MISSION.md, "Signatures"); the error is raised to the caller."""
         party = self._party()
-        deadline = time.monotonic() + self.timeout * 2
         self._busy = True
         try:
-            while True:
-                if not party.my_turn():
-                    await self._send(m.RequestYield(party.channel_id))
-                    await self._wait(lambda: party.my_turn() or party.pending is not None, "the turn")
-                    if not party.my_turn():
-                        continue
-                built = transition() if callable(transition) else transition
-                proposal, _ = party.propose(kind, built)
-                message_id = await self._send(proposal)
-                future = self._replies[message_id]
-                waiter = asyncio.ensure_future(self._wait(lambda: party.pending is None, f"the ACK of {kind}"))
-                finished, _ = await asyncio.wait({waiter, future}, return_when=asyncio.FIRST_COMPLETED)
-                self._replies.pop(message_id, None)
-                if future in finished:
-                    waiter.cancel()
-                    exc = future.exception()
-                    if isinstance(exc, RequestRefused) and exc.code in (m.MARKET_BUSY, m.PROPOSAL_PENDING):
-                        self._withdraw_pending()
-                        if time.monotonic() > deadline:
-                            raise exc
-                        await asyncio.sleep(RETRY_DELAY)
-                        continue
-                    self._withdraw_pending()
-                    if exc is not None:
-                        raise exc
-                future.cancel()
-                await waiter
-                break
+            if not party.my_turn():
+                message_id = await self._send(m.RequestYield(party.channel_id))
+                await self._until(message_id, party.my_turn, "the turn")
+            built = transition() if callable(transition) else transition
+            proposal, _ = party.propose(kind, built)
+            message_id = await self._send(proposal)
+            try:
+                await self._until(message_id, lambda: party.pending is None, f"the ACK of {kind}")
+            except RequestRefused:
+                self._withdraw_pending()
+                raise
             if party.my_turn() and party.pending is None:
                 await self._send(party.yield_turn())
         finally:
