@@ -223,6 +223,7 @@ def _mint_to_dev_accounts(chain: object, sender: object, token: Address, amount:
 
     from offchain.chain.client import TokenClient
     from offchain.chain.connection import Chain, Transactor
+
     assert isinstance(chain, Chain) and isinstance(sender, Transactor)
     if chain.chain_id != ANVIL_CHAIN_ID:
         raise ValidationError(f"--mint is for local anvil chains (chain id {ANVIL_CHAIN_ID})")

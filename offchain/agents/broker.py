@@ -436,6 +436,8 @@ class BrokerAgent:
             raise ProtocolError(m.BAD_PARAMS, "the parameters name another broker, token, adjudicator or chain")
         if params.markets != tuple(b.market for b in self.books.values()):
             raise ProtocolError(m.BAD_PARAMS, "the channel's markets must be the broker's markets")
+        if not MIN_CHALLENGE_DURATION <= params.challenge_duration <= MAX_CHALLENGE_DURATION:
+            raise ProtocolError(m.BAD_PARAMS, "challenge duration outside the adjudicator's bounds")
 
     def _check_order_request(self, party: ChannelParty, order: Order, signature: bytes) -> None:
         try:
@@ -552,7 +554,7 @@ class BrokerAgent:
 
     def _maybe_deposit(self, party: ChannelParty) -> None:
         """Deposit the broker's side once the setup is co-signed (MISSION.md: version 0 first)."""
-        if not self.config.channel_deposit or party.channel_id in self.deposit_tasks:
+        if party.channel_id in self.deposit_tasks:
             return
         if not party.co_signed.trader_signature or party.state.is_final:
             return
@@ -560,7 +562,7 @@ class BrokerAgent:
 
     async def _deposit(self, party: ChannelParty) -> None:
         status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
-        if status.broker_deposit < self.config.channel_deposit:
+        if status.broker_deposit < self.config.channel_deposit:  # nothing to do when it is 0
             amount = self.config.channel_deposit - status.broker_deposit
             await on_chain(self.chain, self.adjudicator.deposit, self.transactor, party.params, self.address, amount)
             self._event("deposited", f"{amount} into 0x{party.channel_id.hex()}")

@@ -105,6 +105,9 @@ class TraderAgent:
         self._replies: dict[str, asyncio.Future[None]] = {}
         self._broker_deposited = False
         self._expected_setup_nonce: int | None = None
+        self._expected_challenge_duration: int | None = None
+        self._requested_cancels: set[int] = set()  # server initiative: what we asked the broker for
+        self._requested_finalize = False
         self._run_task: asyncio.Task[None] | None = None
         for record in store.channels():
             self.party = ChannelParty.load(store, self.state_signer, record.channel_id)
@@ -272,6 +275,8 @@ class TraderAgent:
             or params.adjudicator != self.adjudicator.address
             or params.chain_id != self.chain.chain_id
             or params.nonce != self._expected_setup_nonce
+            or params.challenge_duration != self._expected_challenge_duration
+            or params.markets != tuple(_market(x) for x in welcome.markets)
         ):
             raise ProtocolError(m.BAD_PARAMS, "these are not the parameters we asked for")
 
@@ -295,10 +300,15 @@ class TraderAgent:
                 raise ProtocolError(m.STALE_MARKS, f"no signed price {t.batch_price.price} for that batch")
             self._check_clock(t.now)
             self._check_marks(t.marks)
+        elif isinstance(t, CancelOrder):
+            if t.nonce not in self._requested_cancels:
+                raise ProtocolError(m.RULE_VIOLATION, f"we did not ask to cancel order {t.nonce}", "order_is_open")
         elif isinstance(t, AccountDeposits):
             if deposits is None or t.trader_deposit > deposits[0] or t.broker_deposit > deposits[1]:
                 raise ProtocolError(m.DEPOSIT_NOT_SEEN, "the adjudicator holds less than the proposal accounts for")
         elif isinstance(t, Finalize):
+            if not self._requested_finalize:
+                raise ProtocolError(m.RULE_VIOLATION, "we did not ask to finalize", "channel_not_final")
             for market, outcome in zip(channel.params.markets, channel.state.outcomes, strict=True):
                 if outcome.position and t.prices.get(market.id) != self.marks.get(market.id):
                     raise ProtocolError(m.STALE_MARKS, f"market {market.id}: not the latest batch price")
@@ -377,6 +387,7 @@ class TraderAgent:
             welcome = self._welcome()
             if flow == SERVER_INITIATIVE:
                 self._expected_setup_nonce = nonce
+                self._expected_challenge_duration = challenge_duration
                 await self._request(m.RequestSetup(nonce, challenge_duration), lambda: self.party is not None)
             else:
                 params = ChannelParams(
@@ -476,6 +487,7 @@ class TraderAgent:
     async def cancel_order(self, nonce: int) -> None:
         party = self._party()
         if party.flow == SERVER_INITIATIVE:
+            self._requested_cancels.add(nonce)
             await self._request(
                 m.CancelOrderRequest(party.channel_id, Nonce(nonce)),
                 lambda: party.channel.open_order(nonce) is None and party.pending is None,
@@ -487,6 +499,7 @@ class TraderAgent:
         """Close every position at the latest batch prices and co-sign the final state."""
         party = self._party()
         if party.flow == SERVER_INITIATIVE:
+            self._requested_finalize = True
             await self._request(m.RequestFinalize(party.channel_id), lambda: party.co_signed.state.is_final)
         else:
 

@@ -34,7 +34,10 @@ Symmetrically for Q < P: V(Q) <= S(Q) <= S(P-1) <= D(P) and S(Q) <= S(P), so V(Q
 **The clearing price.** MISSION.md: "maximise matched volume; ties: smallest imbalance, then
 closest to the previous price", refined so that strictly better orders always fill completely:
 among the feasible prices, maximise V, then minimise the imbalance, then minimise
-|P - previous_price|, then take the lower price.
+|P - previous_price|, then take the lower price. When nothing can trade (V = 0 at every price)
+the imbalance is moot: the price is the feasible one nearest the previous price, i.e. the
+previous price held between the best bid and the best ask (a one-sided book clears at its best
+order, not one step past it).
 
 **Computing it without visiting every price.** Both conditions are monotone: D(P+1) <= S(P)
 holds from some P0 upwards and S(P-1) <= D(P) up to some P1 downwards, so the feasible prices are
@@ -258,6 +261,10 @@ def clear(orders: Sequence[BookOrder], resolution: int, previous_price: int) -> 
     least = min(candidates)
     lo = _first_true(p0, p1, lambda p: excess(p) <= least)
     hi = _first_true(p0, p1, lambda p: excess(p) < -least) - 1
+    if min(demand(p0), supply(p0)) == 0:
+        # Nothing can trade: the imbalance means nothing, so the price stays as close to the
+        # previous one as the book allows (no order strictly better than it).
+        lo, hi = p0, p1
     price = min(max(previous_price, lo), hi)
 
     d, s = demand(price), supply(price)

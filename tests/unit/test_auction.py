@@ -165,14 +165,15 @@ def test_one_sided_book_clears_where_nobody_is_left_out() -> None:
     book = Book()
     book.buy(200, 5)
     book.buy(150, 5)
-    # Below 200 the 200-buy is strictly better with nothing to sell it: the least feasible price is
-    # 200 (imbalance 5); above it nobody is left (imbalance 0), so the nearest is 201.
+    # Below 200 the 200-buy is strictly better with nothing to sell it, so the feasible prices are
+    # 200 and up; nothing can trade, so the imbalance is moot and the price stays nearest the
+    # previous one: at the best bid, not one step past it.
     result = book.clear(previous=100)
-    assert (result.price, result.volume, result.fills) == (201, 0, {})
+    assert (result.price, result.volume, result.fills) == (200, 0, {})
     assert book.clear(previous=5000).price == 5000
     sells = Book()
     sells.sell(100, 5)
-    assert sells.clear(previous=150).price == 99
+    assert sells.clear(previous=150).price == 100
     assert sells.clear(previous=10).price == 10
 
 
@@ -183,9 +184,9 @@ def test_non_crossing_book_clears_between_best_bid_and_best_ask() -> None:
     book.sell(105, 5)
     book.sell(110, 5)
     assert book.clear(previous=100) == Clearing(100, 0, 0, 0, {})
-    assert book.clear(previous=1).price == 96
-    assert book.clear(previous=10**9).price == 104
-    # Touching but not crossing: bid 95, ask 96 -> only 95 or 96, equal imbalance 5, nearest wins.
+    assert book.clear(previous=1).price == 95
+    assert book.clear(previous=10**9).price == 105
+    # Touching but not crossing: bid 95, ask 96 -> only 95 or 96, nearest wins.
     touching = Book()
     touching.buy(95, 5)
     touching.sell(96, 5)
@@ -296,7 +297,12 @@ def _reference_price(orders: Sequence[BookOrder], resolution: int, previous: int
     feasible = {p for p in range(1, top + 1) if demand(p + 1) <= supply(p) and supply(p - 1) <= demand(p)}
     best = min(
         feasible,
-        key=lambda p: (-min(demand(p), supply(p)), abs(demand(p) - supply(p)), abs(p - previous), p),
+        key=lambda p: (
+            -min(demand(p), supply(p)),
+            abs(demand(p) - supply(p)) if min(demand(p), supply(p)) else 0,  # no trade: imbalance moot
+            abs(p - previous),
+            p,
+        ),
     )
     max_volume = max(min(demand(p), supply(p)) for p in range(1, top + 1))
     return best, {min(demand(p), supply(p)) for p in feasible}, max_volume
