@@ -58,6 +58,9 @@ from offchain.types import (
     TokenAmount,
 )
 
+MARK_LOOKBACK = 1000
+"""Batches searched back for the signed price behind a mark when a trader resumes."""
+
 MAX_CLOCK_SKEW = 300
 """Seconds a proposal's ``now`` may differ from our clock."""
 
@@ -336,8 +339,31 @@ class BrokerAgent:
                 ),
             )
         if party.pending is not None:
-            await send(ws, party.pending[0])
+            proposal = party.pending[0]
+            if isinstance(proposal.transition, Trade):
+                # The trader may have missed these prices while away: it needs them to check.
+                for record in self._prices_of(proposal.transition):
+                    await send(ws, m.BatchPriceMessage(record.price, Signature(record.signature)))
+            await send(ws, proposal)
         self._mark_responsive(party)
+
+    def _prices_of(self, trade: Trade) -> list[StoredBatchPrice]:
+        """The signed batch prices a trade refers to: its own batch's and those of its marks."""
+        found = [
+            r
+            for r in self.store.batch_prices(self.address, trade.batch_price.market, trade.batch_price.batch)
+            if r.price == trade.batch_price
+        ]
+        for market, price in trade.marks.items():
+            book = self.books.get(market)
+            if book is None:
+                continue
+            for batch in range(book.open_batch - 1, max(0, book.open_batch - 1 - MARK_LOOKBACK), -1):
+                match = [r for r in self.store.batch_prices(self.address, market, batch) if r.price.price == price]
+                if match:
+                    found.append(match[0])
+                    break
+        return found
 
     async def _grant_turns(self) -> None:
         """Yield the turn to every trader that asked for it, unless a batch is settling or the
@@ -455,6 +481,9 @@ class BrokerAgent:
         """Propose under the channel's lock, wait for the ACK; False if refused or unanswered."""
         async with self.channel_locks[party.channel_id]:
             if party.channel_id in self.unresponsive:
+                if ws is not None:
+                    refusal = ProtocolError(m.UNRESPONSIVE, "the channel waits for an answer to an earlier proposal")
+                    await send(ws, error_reply(re, refusal, party.channel_id))
                 return False
             if party.flow == COOPERATIVE and not party.my_turn():
                 if not await self._wait_turn(party):

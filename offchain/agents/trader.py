@@ -97,6 +97,7 @@ class TraderAgent:
         self.open_batches: dict[int, int] = {}
         self.marks: dict[int, Price] = {}  # the latest signed batch price per market
         self.mark_batches: dict[int, int] = {}
+        self.signed_prices: dict[int, set[int]] = {}  # every signed price received, per market
         self.batch_prices_seen = 0
         self.conflicts: list[tuple[StoredBatchPrice, StoredBatchPrice]] = []
         self.events: list[tuple[str, str]] = []
@@ -318,8 +319,10 @@ class TraderAgent:
             raise ProtocolError(m.CLOCK_SKEW, f"proposal time {now} is more than {MAX_CLOCK_SKEW}s from ours")
 
     def _check_marks(self, marks: Any) -> None:
+        """Every mark is a broker-signed batch price of its market that we hold (the latest, or
+        an earlier one when we countersign a proposal made while we were away)."""
         for market, price in marks.items():
-            if self.marks.get(market) != price:
+            if self.marks.get(market) != price and price not in self.signed_prices.get(market, set()):
                 raise ProtocolError(m.STALE_MARKS, f"market {market}: {price} is not the latest batch price")
 
     def _on_batch_price(self, msg: m.BatchPriceMessage) -> None:
@@ -332,6 +335,7 @@ class TraderAgent:
             raise ProtocolError(m.BAD_SIGNATURE, exc.reason) from exc
         price = msg.batch_price
         record = StoredBatchPrice(self.welcome.broker, price, msg.signature)
+        self.signed_prices.setdefault(price.market, set()).add(price.price)
         earlier = self.store.batch_prices(self.welcome.broker, price.market, price.batch)
         if self.store.put_batch_price(record):
             self.batch_prices_seen += 1
