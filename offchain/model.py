@@ -676,10 +676,13 @@ def hex_field(obj: dict[str, Any], key: str, length: int) -> bytes:
     raw = obj.get(key)
     if not isinstance(raw, str) or not raw.startswith("0x") or len(raw) != 2 + 2 * length:
         raise ValidationError(f"{key} must be 0x-hex of {length} bytes")
-    try:
-        return bytes.fromhex(raw[2:])
-    except ValueError as exc:
-        raise ValidationError(f"{key} is not hex") from exc
+    digits = raw[2:]
+    if not all(c in _HEX_DIGITS for c in digits):  # bytes.fromhex would skip whitespace
+        raise ValidationError(f"{key} is not hex")
+    return bytes.fromhex(digits)
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def _check_bytes32(name: str, value: object) -> None:

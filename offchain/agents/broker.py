@@ -36,7 +36,16 @@ from offchain.chain.client import AdjudicatorClient, TokenClient
 from offchain.chain.connection import Chain, Transactor
 from offchain.eip712 import Domain
 from offchain.engine.auction import BookOrder, clear
-from offchain.engine.channel import AccountDeposits, CancelOrder, Channel, CreateOrder, Fill, Finalize, Trade
+from offchain.engine.channel import (
+    AccountDeposits,
+    CancelOrder,
+    Channel,
+    CreateOrder,
+    Fill,
+    Finalize,
+    Trade,
+    apply,
+)
 from offchain.engine.rules import RuleViolation, fill_collateral
 from offchain.errors import SignatureError, TradingChannelsError
 from offchain.model import MAX_CHALLENGE_DURATION, MIN_CHALLENGE_DURATION, BatchPrice, ChannelParams, Market, Order
@@ -306,6 +315,7 @@ class BrokerAgent:
             # path takes over if it never is); stop waiting for an ACK that will not come.
             self._event("refused_by_trader", f"{trader}: {msg.code}: {msg.reason}")
             if msg.channel_id is not None:
+                self._party_of(trader, msg.channel_id)  # only about the sender's own channels
                 waiter = self.ack_waiters.get(ChannelId(msg.channel_id))
                 if waiter is not None and not waiter.done():
                     waiter.set_exception(ProtocolError(msg.code, msg.reason, msg.rule))
@@ -718,11 +728,22 @@ class BrokerAgent:
         return TokenAmount(min(fee, order.max_fee))
 
     async def _settle(self, book: MarketBook) -> BatchPrice:
-        now = int(time.time())
+        now = Timestamp(int(time.time()))
         orders, by_key = self.book_orders(book, now)
-        clearing = clear(orders, book.market.resolution, book.last_price)
         batch = BatchNumber(book.open_batch)
-        price = BatchPrice(MarketId(book.market.id), batch, Price(clearing.price))
+        # A channel whose fill the engine would refuse (e.g. no longer well leveraged at the new
+        # marks) leaves the book and the batch is cleared again, so that every fill priced is a
+        # fill co-signed and the broker ends the batch without a net position.
+        excluded: set[bytes] = set()
+        while True:
+            clearing = clear([o for o in orders if o.key[0] not in excluded], book.market.resolution, book.last_price)
+            price = BatchPrice(MarketId(book.market.id), batch, Price(clearing.price))
+            marks = {**self.marks(), book.market.id: price.price}
+            trades = self._trades(clearing.fills, by_key, book, price, now, marks)
+            refused = {cid for cid, trade in trades.items() if not self._would_apply(cid, trade)}
+            if not refused:
+                break
+            excluded |= refused
         signature = self.signer.sign(self.domain, price)
         with self.store.transaction():  # stored before it is published
             self.store.put_batch_price(StoredBatchPrice(self.address, price, signature))
@@ -737,24 +758,41 @@ class BrokerAgent:
         self._event(
             "batch",
             f"market {book.market.id} batch {batch}: price {clearing.price}, volume {clearing.volume}, "
-            f"{len(clearing.fills)} fills",
+            f"{len(clearing.fills)} fills" + (f", {len(excluded)} channels left out" if excluded else ""),
         )
         notice = m.BatchPriceMessage(price, signature)
         for trader in list(self.connections):
             await self._broadcast_to(trader, notice)
-        per_channel: dict[bytes, list[Fill]] = defaultdict(list)
-        for (channel_id, nonce), amount in clearing.fills.items():
-            order = by_key[(channel_id, nonce)]
-            collateral = fill_collateral(order.is_buy, amount, clearing.price, book.market.resolution)
-            per_channel[channel_id].append(Fill(Nonce(nonce), SyntheticAmount(amount), self.fee_for(order, collateral)))
-        marks = self.marks()
         await asyncio.gather(
-            *(
-                self._propose(self.parties[ChannelId(cid)], "trade", Trade(price, tuple(fills), Timestamp(now), marks))
-                for cid, fills in per_channel.items()
-            )
+            *(self._propose(self.parties[ChannelId(cid)], "trade", trade) for cid, trade in trades.items())
         )
         return price
+
+    def _trades(
+        self,
+        fills: dict[tuple[bytes, int], int],
+        by_key: dict[tuple[bytes, int], Order],
+        book: MarketBook,
+        price: BatchPrice,
+        now: Timestamp,
+        marks: dict[int, Price],
+    ) -> dict[bytes, Trade]:
+        """One Trade per channel with fills, fees charged by :meth:`fee_for`."""
+        per_channel: dict[bytes, list[Fill]] = defaultdict(list)
+        for (channel_id, nonce), amount in fills.items():
+            order = by_key[(channel_id, nonce)]
+            collateral = fill_collateral(order.is_buy, amount, price.price, book.market.resolution)
+            per_channel[channel_id].append(Fill(Nonce(nonce), SyntheticAmount(amount), self.fee_for(order, collateral)))
+        return {cid: Trade(price, tuple(f), now, marks) for cid, f in per_channel.items()}
+
+    def _would_apply(self, channel_id: bytes, trade: Trade) -> bool:
+        party = self.parties[ChannelId(channel_id)]
+        try:
+            apply(party.channel, trade)
+        except RuleViolation as exc:
+            self._event("left_out", f"0x{channel_id.hex()} from batch {trade.batch_price.batch}: {exc.reason}")
+            return False
+        return True
 
     # ------------------------------------------------------------------ views
 

@@ -51,6 +51,7 @@ from offchain.types import (
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_ID_LENGTH = 64
+MAX_BRACKETS = 4096
 FLOWS = ("server_initiative", "cooperative")
 KINDS = ("setup", "deposit", "lock", "cancel", "trade", "finalize")
 
@@ -435,11 +436,17 @@ def encode(message: Message) -> str:
 
 def parse(raw: str | bytes) -> Message:
     """Validate ``raw`` in full and return the typed message; ProtocolError otherwise."""
-    if len(raw) > MAX_MESSAGE_BYTES:
+    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
+    if size > MAX_MESSAGE_BYTES:
         raise ProtocolError(INVALID_MESSAGE, f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    # Bound the nesting before the JSON parser recurses into it: every valid message has far
+    # fewer brackets than this, and a deep one could exhaust the C stack of the process.
+    brackets = raw.count("[") + raw.count("{") if isinstance(raw, str) else raw.count(b"[") + raw.count(b"{")
+    if brackets > MAX_BRACKETS:
+        raise ProtocolError(INVALID_MESSAGE, f"more than {MAX_BRACKETS} arrays and objects")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(INVALID_MESSAGE, "not JSON") from exc
     return from_json(data)
 
@@ -447,7 +454,7 @@ def parse(raw: str | bytes) -> Message:
 def from_json(data: object) -> Message:
     if not isinstance(data, dict):
         raise ProtocolError(INVALID_MESSAGE, "a message is a JSON object")
-    if data.get("v") != PROTOCOL_VERSION:
+    if type(data.get("v")) is not int or data.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(UNSUPPORTED_VERSION, f"protocol version must be {PROTOCOL_VERSION}, got {data.get('v')!r}")
     kind = data.get("type")
     parser = _PARSERS.get(kind) if isinstance(kind, str) else None
