@@ -46,9 +46,17 @@ from offchain.engine.channel import (
     Trade,
     apply,
 )
-from offchain.engine.rules import RuleViolation, fill_collateral
+from offchain.engine.rules import RuleViolation, fee_lock, fill_collateral
 from offchain.errors import SignatureError, TradingChannelsError
-from offchain.model import MAX_CHALLENGE_DURATION, MIN_CHALLENGE_DURATION, BatchPrice, ChannelParams, Market, Order
+from offchain.model import (
+    MAX_CHALLENGE_DURATION,
+    MIN_CHALLENGE_DURATION,
+    BatchPrice,
+    ChannelParams,
+    Market,
+    OpenOrder,
+    Order,
+)
 from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
 from offchain.protocol.party import BROKER, COOPERATIVE, SERVER_INITIATIVE, ChannelParty
@@ -692,10 +700,10 @@ class BrokerAgent:
         ]
         await asyncio.gather(*(self._wait_turn(p) for p in waiting))
 
-    def book_orders(self, book: MarketBook, now: int) -> tuple[list[BookOrder], dict[tuple[bytes, int], Order]]:
+    def book_orders(self, book: MarketBook, now: int) -> tuple[list[BookOrder], dict[tuple[bytes, int], OpenOrder]]:
         """The orders eligible in the open batch, from co-signed states of answering channels."""
         orders: list[BookOrder] = []
-        by_key: dict[tuple[bytes, int], Order] = {}
+        by_key: dict[tuple[bytes, int], OpenOrder] = {}
         for party in self.parties.values():
             if party.channel_id in self.unresponsive or party.pending is not None or party.state.is_final:
                 continue
@@ -706,7 +714,7 @@ class BrokerAgent:
                 if now >= order.expiration * 3600:
                     continue
                 key = (bytes(party.channel_id), int(order.nonce))
-                by_key[key] = order
+                by_key[key] = open_order
                 orders.append(
                     BookOrder(
                         key=key,
@@ -719,13 +727,16 @@ class BrokerAgent:
                 )
         return orders, by_key
 
-    def fee_for(self, order: Order, collateral: int) -> TokenAmount:
-        """The broker's fee: ``fee_bps`` of the fill's collateral, within the order's max fee and
-        its signed fee ratio (rounded down, in the trader's favour)."""
+    def fee_for(self, open_order: OpenOrder, amount: int, collateral: int) -> TokenAmount:
+        """The broker's fee: ``fee_bps`` of the fill's collateral, within the order's max fee, its
+        signed fee ratio, and what the fill releases of the order's fee lock (rounded down, in
+        the trader's favour)."""
+        order = open_order.order
         fee = collateral * self.config.fee_bps // 10_000
         if order.amount_collateral:
             fee = min(fee, order.max_fee * collateral // order.amount_collateral)
-        return TokenAmount(min(fee, order.max_fee))
+        release = fee_lock(order, open_order.filled) - fee_lock(order, open_order.filled + amount)
+        return TokenAmount(min(fee, order.max_fee, release))
 
     async def _settle(self, book: MarketBook) -> BatchPrice:
         now = Timestamp(int(time.time()))
@@ -771,7 +782,7 @@ class BrokerAgent:
     def _trades(
         self,
         fills: dict[tuple[bytes, int], int],
-        by_key: dict[tuple[bytes, int], Order],
+        by_key: dict[tuple[bytes, int], OpenOrder],
         book: MarketBook,
         price: BatchPrice,
         now: Timestamp,
@@ -780,9 +791,12 @@ class BrokerAgent:
         """One Trade per channel with fills, fees charged by :meth:`fee_for`."""
         per_channel: dict[bytes, list[Fill]] = defaultdict(list)
         for (channel_id, nonce), amount in fills.items():
-            order = by_key[(channel_id, nonce)]
-            collateral = fill_collateral(order.is_buy, amount, price.price, book.market.resolution)
-            per_channel[channel_id].append(Fill(Nonce(nonce), SyntheticAmount(amount), self.fee_for(order, collateral)))
+            open_order = by_key[(channel_id, nonce)]
+            collateral = fill_collateral(
+                open_order.order, open_order.filled, amount, price.price, book.market.resolution
+            )
+            fee = self.fee_for(open_order, amount, collateral)
+            per_channel[channel_id].append(Fill(Nonce(nonce), SyntheticAmount(amount), fee))
         return {cid: Trade(price, tuple(f), now, marks) for cid, f in per_channel.items()}
 
     def _would_apply(self, channel_id: bytes, trade: Trade) -> bool:

@@ -26,6 +26,7 @@ from offchain.eip712 import Domain
 from offchain.engine.rules import (
     Rule,
     RuleViolation,
+    accepts_price,
     check_balance_bounds,
     check_fee,
     check_fill_amount,
@@ -41,6 +42,7 @@ from offchain.engine.rules import (
 )
 from offchain.errors import SignatureError, ValidationError
 from offchain.model import (
+    MAX_AMOUNT,
     MAX_OPEN_ORDERS,
     MAX_VERSION,
     Balances,
@@ -260,7 +262,7 @@ def _next(
     trader_deposit, broker_deposit = deposits if deposits is not None else (old.trader_deposit, old.broker_deposit)
     locked = total_lock(open_orders)
     available = trader_collateral - locked
-    if available < 0:
+    if available < 0 and not is_final:  # a final state may leave the trader under water
         raise RuleViolation(Rule.AVAILABLE_COVERS_LOCK, f"available {available} after locking {locked}")
     broker_available = trader_deposit + broker_deposit - trader_collateral - old.broker_locked
     if broker_available < 0 and not is_final:
@@ -331,6 +333,8 @@ def _create_order(channel: Channel, t: CreateOrder) -> Transitioned:
         raise RuleViolation(Rule.ORDER_SIGNATURE_VALID, exc.reason) from exc
     index = channel.params.market_index(order.market)
     last_batch = channel.state.outcomes[index].last_batch
+    if not 0 <= t.first_batch <= MAX_AMOUNT:
+        raise RuleViolation(Rule.AMOUNTS_NON_NEGATIVE_AND_BOUNDED, "a batch number is below 2^64")
     if t.first_batch <= last_batch:
         raise RuleViolation(
             Rule.FIRST_BATCH_IS_CURRENT, f"first batch {t.first_batch} is not after the last batch {last_batch}"
@@ -388,8 +392,8 @@ def _trade(channel: Channel, t: Trade) -> Transitioned:
         )
     if not t.fills:
         raise RuleViolation(Rule.STATE_MATCHES_TRANSITION, "a trade needs at least one fill")
-    if price.price <= 0:
-        raise RuleViolation(Rule.AMOUNTS_NON_NEGATIVE_AND_BOUNDED, "a batch price must be positive")
+    if not 0 < price.price <= MAX_AMOUNT or not 0 <= price.batch <= MAX_AMOUNT:
+        raise RuleViolation(Rule.AMOUNTS_NON_NEGATIVE_AND_BOUNDED, "a batch price and number are in (0, 2^64)")
 
     by_nonce = {o.order.nonce: o for o in channel.state.open_orders}
     collateral = channel.trader_collateral
@@ -413,7 +417,13 @@ def _trade(channel: Channel, t: Trade) -> Transitioned:
             )
         check_not_expired(order, t.now)
         check_fill_amount(open_order, fill.amount_synthetic)
-        actual_collateral = fill_collateral(order.is_buy, fill.amount_synthetic, price.price, market.resolution)
+        if not accepts_price(order, price.price, market.resolution):
+            raise RuleViolation(
+                Rule.PRICE_AT_LEAST_SIGNED_RATIO, f"batch price {price.price} is beyond order {order.nonce}'s limit"
+            )
+        actual_collateral = fill_collateral(
+            order, open_order.filled, fill.amount_synthetic, price.price, market.resolution
+        )
         check_fill_price(order, fill.amount_synthetic, actual_collateral)
         check_fee(order, fill.fee, actual_collateral)
         lock = lock_needed(order, open_order.filled)

@@ -156,26 +156,40 @@ def check_fill_amount(open_order: OpenOrder, actual_synthetic: int) -> None:
 # --------------------------------------------------------------------------- locks and fills
 
 
+def collateral_lock(order: Order, filled: int) -> TokenAmount:
+    """The collateral a buy may still pay, pro rata to what is left, rounded up (0 for a sell)."""
+    if not order.is_buy:
+        return TokenAmount(0)
+    return TokenAmount(ceil_div(order.amount_collateral * (order.amount_synthetic - filled), order.amount_synthetic))
+
+
+def fee_lock(order: Order, filled: int) -> TokenAmount:
+    """The fee an order may still pay, pro rata to what is left, rounded up."""
+    return TokenAmount(ceil_div(order.max_fee * (order.amount_synthetic - filled), order.amount_synthetic))
+
+
 def lock_needed(order: Order, filled: int) -> TokenAmount:
     """Collateral an open order keeps locked: for a buy, the collateral it may still pay plus the
-    fee it may still pay; for a sell, the fee (a sale brings collateral in). Pro rata to what is
-    left, rounded up."""
-    remaining = order.amount_synthetic - filled
-    fee = ceil_div(order.max_fee * remaining, order.amount_synthetic)
-    if not order.is_buy:
-        return TokenAmount(fee)
-    return TokenAmount(ceil_div(order.amount_collateral * remaining, order.amount_synthetic) + fee)
+    fee it may still pay; for a sell, the fee (a sale brings collateral in)."""
+    return TokenAmount(collateral_lock(order, filled) + fee_lock(order, filled))
 
 
 def total_lock(open_orders: Sequence[OpenOrder]) -> TokenAmount:
     return TokenAmount(sum(lock_needed(o.order, o.filled) for o in open_orders))
 
 
-def fill_collateral(is_buy: bool, actual_synthetic: int, price: int, resolution: int) -> TokenAmount:
-    """Collateral moved by a fill at ``price``: rounded up for a buyer, down for a seller."""
-    if is_buy:
-        return TokenAmount(ceil_div(actual_synthetic * price, resolution))
-    return TokenAmount(actual_synthetic * price // resolution)
+def fill_collateral(order: Order, filled: int, actual_synthetic: int, price: int, resolution: int) -> TokenAmount:
+    """Collateral moved by a fill of an order (``filled`` before it) at ``price``.
+
+    A seller receives the value rounded down. A buyer pays it rounded up, but never more than
+    the fill releases from the order's collateral lock: each partial fill rounding up on its own
+    could otherwise add up to more than the lock taken for the whole order. The payment stays
+    within one base unit of the exact value, so the StarkEx price rule holds either way."""
+    if not order.is_buy:
+        return TokenAmount(actual_synthetic * price // resolution)
+    exact_up = ceil_div(actual_synthetic * price, resolution)
+    release = collateral_lock(order, filled) - collateral_lock(order, filled + actual_synthetic)
+    return TokenAmount(min(exact_up, release))
 
 
 def accepts_price(order: Order, price: int, resolution: int) -> bool:
