@@ -142,6 +142,9 @@ class TraderAgent:
                     await self._session(ws)
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
                 log.debug("connection to %s lost: %s", self.url, exc)
+            except TradingChannelsError as exc:  # e.g. a broker that is not ours: say so, retry later
+                self.events.append(("connection_refused", f"{exc.code}: {exc.reason}"))
+                log.warning("connection to %s refused: %s", self.url, exc.reason)
             self.ws = None
             self.welcome = None
             await asyncio.sleep(self.reconnect_delay)
