@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,8 +45,11 @@ def dev_address(n: int) -> str:
 
 
 def units(amount: float) -> int:
-    """Whole units (of a synthetic asset) to base units, exactly for the amounts used here."""
-    return round(amount * RESOLUTION)
+    """Whole units (of a synthetic asset) written as a short decimal, to base units, exactly: the
+    decimal text of ``amount`` is converted, never its binary float value."""
+    exact = Decimal(str(amount)) * RESOLUTION
+    assert exact == exact.to_integral_value(), f"{amount} is not a whole number of base units"
+    return int(exact)
 
 
 def open_step(deposit: int, flow: str) -> dict[str, Any]:
