@@ -125,6 +125,10 @@ def _broker(args: argparse.Namespace) -> int:
         raise ValidationError("--fee-bps must be within [0, 10000]")
     if args.batch_seconds <= 0 or args.ack_timeout <= 0:
         raise ValidationError("--batch-seconds and --ack-timeout must be positive")
+    if not 0 <= args.port <= 65535:
+        raise ValidationError(f"--port must be within [0, 65535], got {args.port}")
+    if args.channel_deposit < 0 or args.resolution < 1:
+        raise ValidationError("--channel-deposit must not be negative and --resolution must be at least 1")
     if not args.market:
         raise ValidationError("give at least one --market ID,FEED DESCRIPTION,REFERENCE_PRICE")
     chain_obj, deployment_obj = _load_deployment_for(args)

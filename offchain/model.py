@@ -117,6 +117,26 @@ class Market:
     def as_abi(self) -> tuple[int, str, int, int, int]:
         return (self.id, self.feed, self.resolution, self.risk_factor, self.max_price_age)
 
+    def to_json(self) -> dict[str, str]:
+        return {
+            "id": str(self.id),
+            "feed": self.feed,
+            "resolution": str(self.resolution),
+            "risk_factor": str(self.risk_factor),
+            "max_price_age": str(self.max_price_age),
+        }
+
+    @classmethod
+    def from_json(cls, data: object, index: int = 0) -> Market:
+        obj = json_object(data, "market")
+        return cls(
+            id=MarketId(decimal_field(obj, "id")),
+            feed=_address(obj, "feed"),
+            resolution=decimal_field(obj, "resolution"),
+            risk_factor=decimal_field(obj, "risk_factor"),
+            max_price_age=decimal_field(obj, "max_price_age"),
+        ).check(index)
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelParams:
@@ -224,31 +244,13 @@ class ChannelParams:
             "token": self.token,
             "challenge_duration": str(self.challenge_duration),
             "nonce": str(self.nonce),
-            "markets": [
-                {
-                    "id": str(m.id),
-                    "feed": m.feed,
-                    "resolution": str(m.resolution),
-                    "risk_factor": str(m.risk_factor),
-                    "max_price_age": str(m.max_price_age),
-                }
-                for m in self.markets
-            ],
+            "markets": [m.to_json() for m in self.markets],
         }
 
     @classmethod
     def from_json(cls, data: object) -> ChannelParams:
         obj = json_object(data, "params")
-        markets = tuple(
-            Market(
-                id=MarketId(decimal_field(m, "id")),
-                feed=_address(m, "feed"),
-                resolution=decimal_field(m, "resolution"),
-                risk_factor=decimal_field(m, "risk_factor"),
-                max_price_age=decimal_field(m, "max_price_age"),
-            )
-            for m in (json_object(x, "market") for x in _list(obj, "markets"))
-        )
+        markets = tuple(Market.from_json(x, i) for i, x in enumerate(_list(obj, "markets")))
         return cls(
             chain_id=decimal_field(obj, "chain_id"),
             adjudicator=_address(obj, "adjudicator"),

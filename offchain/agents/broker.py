@@ -243,7 +243,7 @@ class BrokerAgent:
                 chain_id=self.chain.chain_id,
                 adjudicator=self.adjudicator.address,
                 token=self.token.address,
-                markets=tuple(_market_json(b.market) for b in self.books.values()),
+                markets=tuple(b.market for b in self.books.values()),
                 batch_seconds=max(1, round(self.config.batch_seconds)),
                 fee_bps=self.config.fee_bps,
                 open_batches={k: b.open_batch for k, b in self.books.items()},
@@ -812,13 +812,3 @@ class BrokerAgent:
 
     def party(self, channel_id: bytes) -> ChannelParty:
         return self.parties[ChannelId(channel_id)]
-
-
-def _market_json(market: Market) -> dict[str, str]:
-    return {
-        "id": str(market.id),
-        "feed": market.feed,
-        "resolution": str(market.resolution),
-        "risk_factor": str(market.risk_factor),
-        "max_price_age": str(market.max_price_age),
-    }

@@ -28,7 +28,7 @@ from offchain.chain.connection import Chain, Transactor
 from offchain.eip712 import Domain
 from offchain.engine.channel import AccountDeposits, CancelOrder, Channel, CreateOrder, Finalize, Trade
 from offchain.errors import SignatureError, TradingChannelsError
-from offchain.model import ChannelParams, ChannelState, Market, OpenOrder, Order
+from offchain.model import ChannelParams, ChannelState, OpenOrder, Order
 from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
 from offchain.protocol.party import COOPERATIVE, SERVER_INITIATIVE, TRADER, ChannelParty
@@ -280,7 +280,7 @@ class TraderAgent:
             or params.chain_id != self.chain.chain_id
             or params.nonce != self._expected_setup_nonce
             or params.challenge_duration != self._expected_challenge_duration
-            or params.markets != tuple(_market(x) for x in welcome.markets)
+            or params.markets != welcome.markets
         ):
             raise ProtocolError(m.BAD_PARAMS, "these are not the parameters we asked for")
 
@@ -405,7 +405,7 @@ class TraderAgent:
                     token=welcome.token,
                     challenge_duration=challenge_duration,
                     nonce=nonce,
-                    markets=tuple(_market(x) for x in welcome.markets),
+                    markets=welcome.markets,
                 )
                 party, proposal = ChannelParty.propose_setup(self.store, self.state_signer, TRADER, params, flow)
                 self.party = party
@@ -619,15 +619,3 @@ def _channel_of(raw: str | bytes) -> ChannelId | None:
     except ValueError:
         pass
     return None
-
-
-def _market(data: dict[str, str]) -> Market:
-    from offchain.model import check_address, parse_decimal
-
-    return Market(
-        id=MarketId(parse_decimal(data.get("id"), "id")),
-        feed=check_address("feed", data.get("feed")),
-        resolution=parse_decimal(data.get("resolution"), "resolution"),
-        risk_factor=parse_decimal(data.get("risk_factor"), "risk_factor"),
-        max_price_age=parse_decimal(data.get("max_price_age"), "max_price_age"),
-    )

@@ -29,6 +29,7 @@ from offchain.model import (
     BatchPrice,
     ChannelParams,
     ChannelState,
+    Market,
     Order,
     check_address,
     decimal_field,
@@ -85,14 +86,12 @@ BAD_SIGNATURE = "bad_signature"
 RULE_VIOLATION = "rule_violation"
 STALE_MARKS = "stale_marks"
 CLOCK_SKEW = "clock_skew"
-MARKET_BUSY = "market_busy"
 BAD_PARAMS = "bad_params"
 DEPOSIT_NOT_SEEN = "deposit_not_seen"
 CHANNEL_CLOSED = "channel_closed"
 KIND_NOT_ALLOWED = "kind_not_allowed"
 UNRESPONSIVE = "unresponsive"
 BROKER_DEPOSITED = "broker_deposited"
-INTERNAL = "internal"
 
 
 # --------------------------------------------------------------------------- messages
@@ -125,7 +124,7 @@ class Welcome:
     chain_id: int
     adjudicator: Address
     token: Address
-    markets: tuple[dict[str, str], ...]
+    markets: tuple[Market, ...]
     batch_seconds: int
     fee_bps: int
     open_batches: Mapping[int, int]
@@ -368,7 +367,7 @@ def to_json(message: Message) -> dict[str, Any]:
             chain_id=str(message.chain_id),
             adjudicator=message.adjudicator,
             token=message.token,
-            markets=list(message.markets),
+            markets=[mk.to_json() for mk in message.markets],
             batch_seconds=str(message.batch_seconds),
             fee_bps=str(message.fee_bps),
             open_batches=_marks_json(message.open_batches),
@@ -594,7 +593,7 @@ def _parse_welcome(d: dict[str, Any], mid: str) -> Welcome:
         chain_id=_bounded(d, "chain_id", 2**256 - 1, 1),
         adjudicator=check_address("adjudicator", d.get("adjudicator")),
         token=check_address("token", d.get("token")),
-        markets=tuple({str(k): str(v) for k, v in json_object(m, "market").items()} for m in markets),
+        markets=tuple(Market.from_json(mk, i) for i, mk in enumerate(markets)),
         batch_seconds=_bounded(d, "batch_seconds", 86400),
         fee_bps=_bounded(d, "fee_bps", 10_000),
         open_batches=_marks(d.get("open_batches"), "open_batches"),

@@ -38,17 +38,6 @@ SIG = Signature(bytes(range(65)))
 PROPOSALS = sample_proposals()
 
 
-def _market_json(i: int) -> dict[str, str]:
-    mk = OFFLINE_MARKETS[i]
-    return {
-        "id": str(mk.id),
-        "feed": mk.feed,
-        "resolution": str(mk.resolution),
-        "risk_factor": str(mk.risk_factor),
-        "max_price_age": str(mk.max_price_age),
-    }
-
-
 def all_messages() -> list[m.Message]:
     """One instance of every message type (and of every proposal kind)."""
     order, order_signature = make_order(PARAMS, 3)
@@ -61,7 +50,7 @@ def all_messages() -> list[m.Message]:
             chain_id=CHAIN_ID,
             adjudicator=DOMAIN.verifying_contract,
             token=TOKEN,
-            markets=(_market_json(0), _market_json(1)),
+            markets=(OFFLINE_MARKETS[0], OFFLINE_MARKETS[1]),
             batch_seconds=2,
             fee_bps=10,
             open_batches={1: 4, 2: 1},
