@@ -5,12 +5,13 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Metadata} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Metadata.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
 import {ChannelHashing} from "./ChannelHashing.sol";
-import {BatchPrice, ChannelHeader, ChannelParams, Market, Order, Outcome, State} from "./ChannelTypes.sol";
+import {BatchPrice, ChannelHeader, ChannelParams, Market, OpenOrder, Order, State} from "./ChannelTypes.sol";
 
 /// @title Trading channel adjudicator
 /// @notice Holds the ERC-20 collateral of every trader-broker channel, accepts the latest
@@ -30,6 +31,20 @@ import {BatchPrice, ChannelHeader, ChannelParams, Market, Order, Outcome, State}
 /// concluded with `concludeWithState`, at the oracle price.
 /// Payouts are pushed at conclusion; a transfer the token refuses (a blacklisted recipient, say)
 /// is credited to `withdrawable` instead, so one recipient can never block the other.
+///
+/// Binding batch prices (MISSION.md, "Batches" and "Slashing"):
+///  - Evidence: until the deadline, anyone may submit broker-signed batch prices for the
+///    registered state. A price of batch b strictly better than an open order's limit (the order
+///    eligible in b, b after the last batch the state reflects in that market) fills the order's
+///    remainder at that price at conclusion; per order the earliest such batch wins. Evidence
+///    belongs to the registered state: a refute registers a new state and restarts the full
+///    window d, so the other side always has d to submit evidence for the new state.
+///  - Two prices: two different prices signed by one broker for one (market, batch) slash the
+///    broker: from then on every channel of that broker concludes with the trader taking all
+///    of the channel's funds, at once with `concludeSlashed`, or through any other conclusion.
+///  - Left-out order: a co-signed state that reflects batch b while holding an unfilled order
+///    that was eligible in b and strictly better than b's signed price proves the broker left
+///    the order out: the trader takes the channel at once.
 contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -102,7 +117,11 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     /// @notice Cap on deposits per channel (both parties together): balances stay below 2^63.
     uint256 public constant MAX_CHANNEL_HOLDINGS = 2 ** 63 - 1;
 
+    /// @notice Most batch prices one `submitEvidence` call accepts.
+    uint256 public constant MAX_EVIDENCE_PRICES = 64;
+
     uint256 internal constant MAX_ORACLE_ANSWER = 2 ** 128 - 1;
+    uint256 internal constant SECONDS_PER_HOUR = 3600;
     uint256 internal constant DECIMALS_NOT_READ = type(uint256).max;
     uint256 internal constant DECIMALS_UNREADABLE = MAX_DECIMALS + 1;
     /// @dev What must be left before a payout call so that the call really gets its stipend
@@ -111,6 +130,15 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
 
     mapping(bytes32 channelId => Channel) internal _channels;
     mapping(bytes32 channelId => Registration) internal _registrations;
+
+    /// @dev Evidence of a dispute, per channel: key `version << 8 | orderIndex` (the registered
+    /// state's version and the open order's index in it), value `batch << 64 | price`, the earliest
+    /// crossing batch known for that order and its signed price (0: none; batches are >= 1 here,
+    /// since evidence only counts for batches after the state's last batch).
+    mapping(bytes32 channelId => mapping(uint256 key => uint256)) internal _evidence;
+
+    /// @notice When `broker` was proven to have signed two prices for one batch (0: never).
+    mapping(address broker => uint256) public slashedAt;
 
     /// @notice Payouts the token refused to push, claimable with `withdraw`.
     mapping(address token => mapping(address account => uint256)) public withdrawable;
@@ -136,6 +164,24 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     event PayoutDeferred(address indexed token, address indexed account, uint256 amount);
     /// @notice A deferred payout was withdrawn.
     event Withdrawn(address indexed token, address indexed account, address to, uint256 amount);
+    /// @notice Batch `batch` of `market` at `price` is now the earliest known batch crossing open
+    /// order `orderIndex` of the registered state `version`: the order fills at that price.
+    event EvidenceAccepted(
+        bytes32 indexed channelId, uint256 version, uint256 orderIndex, uint256 market, uint256 batch, uint256 price
+    );
+    /// @notice At conclusion, open order `orderIndex` filled `amount` synthetic units at the price
+    /// of its evidence, moving `collateral` and charging `fee`.
+    event OrderFilledByEvidence(
+        bytes32 indexed channelId, uint256 orderIndex, uint256 batch, uint256 price, uint256 amount, uint256 collateral, uint256 fee
+    );
+    /// @notice `broker` signed `firstPrice` and `secondPrice` for one batch: every channel of
+    /// the broker now concludes with the trader taking all of its funds.
+    event BrokerSlashed(
+        address indexed broker, uint256 market, uint256 batch, uint256 firstPrice, uint256 secondPrice, address prover
+    );
+    /// @notice A co-signed state proved that the broker left out open order `orderIndex`, crossed
+    /// by batch `batch` at `price`: the trader takes the channel.
+    event LeftOutOrderProven(bytes32 indexed channelId, uint256 orderIndex, uint256 market, uint256 batch, uint256 price);
 
     // ------------------------------------------------------------------ errors
 
@@ -195,6 +241,30 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     error InsufficientGasForPayout();
     /// @notice Nothing is credited to `account` in `token`.
     error NothingToWithdraw(address token, address account);
+    /// @notice Evidence is accepted only until the deadline, which passed at `deadline`.
+    error EvidencePeriodOver(uint256 deadline);
+    /// @notice The registered state has no open orders for evidence to fill.
+    error NoOpenOrders();
+    /// @notice `prices` and `signatures` differ in length, or there are none or too many.
+    error EvidenceCountInvalid(uint256 prices, uint256 signatures);
+    /// @notice The market is not one of the channel's.
+    error UnknownMarket(uint256 market);
+    /// @notice No price submitted is earlier than what is known for any order it crosses.
+    error EvidenceChangesNothing();
+    /// @notice The broker has already been slashed.
+    error BrokerAlreadySlashed(address broker);
+    /// @notice The broker has not been slashed.
+    error BrokerNotSlashed(address broker);
+    /// @notice Two prices only conflict when they are for the same market and batch.
+    error DifferentBatches();
+    /// @notice The two prices are the same: there is no conflict.
+    error SamePrice();
+    /// @notice The state holds no open order at `orderIndex`.
+    error OrderIndexOutOfRange(uint256 orderIndex, uint256 openOrders);
+    /// @notice The order was not left out by that price; `reason` says which condition fails:
+    /// 1 another market, 2 the state does not reflect the batch, 3 not eligible in the batch,
+    /// 4 already filled, 5 not strictly better than the price, 6 expired.
+    error OrderNotLeftOut(uint8 reason);
 
     constructor() EIP712("TradingChannels", "1") {}
 
@@ -261,9 +331,10 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
             if (r.kind != Kind.NoState && state.version <= r.version) revert VersionNotNewer(r.version, state.version);
             delete _registrations[channelId];
         }
-        _verifyCoSigned(channelId, header, state, traderSignature, brokerSignature);
+        _verifyCoSigned(channelId, header.trader, header.broker, header.marketCount, state, traderSignature, brokerSignature);
 
         (uint256 toTrader, bool underfunded) = _settledPayout(state, c);
+        if (slashedAt[header.broker] != 0) (toTrader, underfunded) = (uint256(c.traderDeposit) + c.brokerDeposit, false);
         uint256 toBroker = uint256(c.traderDeposit) + c.brokerDeposit - toTrader;
         _markConcluded(channelId, c);
         emit Closed(channelId, state.version, toTrader, toBroker, underfunded);
@@ -293,7 +364,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         _requireChallenger(channelId, header, authorization);
         Channel memory c = _channels[channelId];
         _requireOpen(channelId, c);
-        bytes32 digest = _verifyCoSigned(channelId, header, state, traderSignature, brokerSignature);
+        bytes32 digest = _verifyCoSigned(channelId, header.trader, header.broker, header.marketCount, state, traderSignature, brokerSignature);
 
         uint256 deadline = block.timestamp + header.challengeDuration;
         c.stage = Stage.Disputed;
@@ -344,7 +415,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         if (block.timestamp >= refutationEnd) revert RefutationPhaseOver(refutationEnd);
         Registration memory r = _registrations[channelId];
         if (r.kind != Kind.NoState && state.version <= r.version) revert VersionNotNewer(r.version, state.version);
-        bytes32 digest = _verifyCoSigned(channelId, header, state, traderSignature, brokerSignature);
+        bytes32 digest = _verifyCoSigned(channelId, header.trader, header.broker, header.marketCount, state, traderSignature, brokerSignature);
 
         uint256 deadline = block.timestamp + header.challengeDuration;
         c.deadline = uint40(deadline);
@@ -390,8 +461,152 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         if (state.channelId != channelId) revert WrongChannel(channelId, state.channelId);
         if (uint160(uint256(_hashTypedDataV4(ChannelHashing.hashState(state)))) != r.data) revert StateMismatch();
 
-        (uint256 toTrader, bool underfunded) = _payoutWithPositions(channelId, params, state, c);
+        uint256 toTrader;
+        bool underfunded;
+        // A slashed broker's channel pays everything to the trader (in `_finish`): no oracle needed.
+        if (slashedAt[params.broker] == 0) {
+            (toTrader, underfunded) = _payoutWithPositions(channelId, params, state, c, r.version);
+        }
         _finish(channelId, params.trader, params.broker, params.token, c, toTrader, underfunded);
+    }
+
+    // ------------------------------------------------------------------ binding batch prices
+
+    /// @notice Submit broker-signed batch prices as evidence for the registered state, until the
+    /// deadline. A price of batch b crosses an open order when the order is eligible in b
+    /// (`firstBatch <= b`), the state does not reflect b (`b > lastBatch` of the order's market),
+    /// the order is not completely filled, and its limit is strictly better than the price (it
+    /// would also accept the next price away from it: orders exactly at the price may have been
+    /// rationed and do not count). The order's remainder then fills at that price at conclusion,
+    /// with the fee the order allows. Per order the earliest crossing batch wins, whoever submits
+    /// it and in whatever order. A first crossing counts only while the order has not expired
+    /// (the adjudicator knows block times, not batch times, and an unexpired order was unexpired
+    /// at every past batch); once an order has evidence, an earlier batch always replaces it.
+    /// @param params The channel's parameters, markets in full (for their resolutions).
+    /// @param state The registered state.
+    /// @param prices Batch prices signed by the channel's broker (at most MAX_EVIDENCE_PRICES).
+    /// @param signatures The broker's EIP-712 signature of each price.
+    function submitEvidence(
+        ChannelParams calldata params,
+        State calldata state,
+        BatchPrice[] calldata prices,
+        bytes[] calldata signatures
+    ) external {
+        bytes32 channelId = _channelId(_header(params));
+        Channel memory c = _channels[channelId];
+        _requireDisputed(channelId, c);
+        if (block.timestamp >= c.deadline) revert EvidencePeriodOver(c.deadline);
+        Registration memory r = _registrations[channelId];
+        if (r.kind != Kind.Fingerprint || state.openOrders.length == 0) revert NoOpenOrders();
+        if (state.channelId != channelId) revert WrongChannel(channelId, state.channelId);
+        if (uint160(uint256(_hashTypedDataV4(ChannelHashing.hashState(state)))) != r.data) revert StateMismatch();
+        uint256 count = prices.length;
+        if (count == 0 || count != signatures.length || count > MAX_EVIDENCE_PRICES) {
+            revert EvidenceCountInvalid(count, signatures.length);
+        }
+
+        bool changed;
+        for (uint256 j = 0; j < count; ++j) {
+            BatchPrice calldata price = prices[j];
+            _requireBrokerSigned(params.broker, price, signatures[j]);
+            uint256 m = _marketIndex(params.markets, price.market);
+            if (price.batch <= state.outcomes[m].lastBatch) continue; // the state reflects it already
+            uint256 resolution = params.markets[m].resolution;
+            for (uint256 i = 0; i < state.openOrders.length; ++i) {
+                OpenOrder calldata o = state.openOrders[i];
+                if (
+                    o.order.market != price.market || o.firstBatch > price.batch || o.filled >= o.order.amountSynthetic
+                        || !_strictlyBetter(o.order, price.price, resolution)
+                ) continue;
+                uint256 key = (uint256(r.version) << 8) | i;
+                uint256 known = _evidence[channelId][key];
+                if (known == 0) {
+                    if (block.timestamp >= o.order.expiration * SECONDS_PER_HOUR) continue;
+                } else if (known >> 64 <= price.batch) {
+                    continue;
+                }
+                _evidence[channelId][key] = (price.batch << 64) | price.price;
+                changed = true;
+                emit EvidenceAccepted(channelId, r.version, i, price.market, price.batch, price.price);
+            }
+        }
+        if (!changed) revert EvidenceChangesNothing();
+    }
+
+    /// @notice Prove that `broker` signed two different prices for the same market and batch.
+    /// Anyone may prove it, once. From then on every channel of the broker that has not concluded
+    /// concludes with the trader taking all of the channel's funds (seed 001).
+    /// @param broker The broker who signed both prices.
+    /// @param first One batch price.
+    /// @param firstSignature The broker's EIP-712 signature of `first`.
+    /// @param second Another price for the same market and batch.
+    /// @param secondSignature The broker's EIP-712 signature of `second`.
+    function proveTwoPrices(
+        address broker,
+        BatchPrice calldata first,
+        bytes calldata firstSignature,
+        BatchPrice calldata second,
+        bytes calldata secondSignature
+    ) external {
+        if (slashedAt[broker] != 0) revert BrokerAlreadySlashed(broker);
+        if (first.market != second.market || first.batch != second.batch) revert DifferentBatches();
+        if (first.price == second.price) revert SamePrice();
+        _requireBrokerSigned(broker, first, firstSignature);
+        _requireBrokerSigned(broker, second, secondSignature);
+        slashedAt[broker] = block.timestamp;
+        emit BrokerSlashed(broker, first.market, first.batch, first.price, second.price, msg.sender);
+    }
+
+    /// @notice Conclude a channel of a slashed broker at once: the trader gets all of its funds.
+    /// Anyone may call it, whether the channel is open or in a dispute.
+    /// @param header The channel's parameters (markets by count and hash).
+    function concludeSlashed(ChannelHeader calldata header) external nonReentrant {
+        bytes32 channelId = _channelId(header);
+        if (slashedAt[header.broker] == 0) revert BrokerNotSlashed(header.broker);
+        Channel memory c = _channels[channelId];
+        if (c.stage == Stage.Concluded) revert ChannelConcluded(channelId);
+        _finish(channelId, header.trader, header.broker, header.token, c, 0, false);
+    }
+
+    /// @notice Prove that the broker left out an order: a co-signed state reflects batch b in the
+    /// order's market (`lastBatch >= b`) while holding the order, eligible in b
+    /// (`firstBatch <= b`), not completely filled, unexpired, and strictly better than b's
+    /// broker-signed price. The trader takes all of the channel's funds at once. Anyone may prove
+    /// it while the channel has not concluded.
+    /// @param params The channel's parameters, markets in full.
+    /// @param state Any state both parties signed.
+    /// @param traderSignature The trader's EIP-712 signature of `state`.
+    /// @param brokerSignature The broker's EIP-712 signature of `state`.
+    /// @param orderIndex The left-out order's index in `state.openOrders`.
+    /// @param price The broker-signed price of batch b in the order's market.
+    /// @param priceSignature The broker's EIP-712 signature of `price`.
+    function proveLeftOutOrder(
+        ChannelParams calldata params,
+        State calldata state,
+        bytes calldata traderSignature,
+        bytes calldata brokerSignature,
+        uint256 orderIndex,
+        BatchPrice calldata price,
+        bytes calldata priceSignature
+    ) external nonReentrant {
+        ChannelHeader memory header = _header(params);
+        bytes32 channelId = _channelId(header);
+        Channel memory c = _channels[channelId];
+        if (c.stage == Stage.Concluded) revert ChannelConcluded(channelId);
+        _verifyCoSigned(channelId, header.trader, header.broker, header.marketCount, state, traderSignature, brokerSignature);
+        if (orderIndex >= state.openOrders.length) revert OrderIndexOutOfRange(orderIndex, state.openOrders.length);
+        _requireBrokerSigned(params.broker, price, priceSignature);
+        OpenOrder calldata o = state.openOrders[orderIndex];
+        if (o.order.market != price.market) revert OrderNotLeftOut(1);
+        uint256 m = _marketIndex(params.markets, price.market);
+        if (state.outcomes[m].lastBatch < price.batch) revert OrderNotLeftOut(2);
+        if (o.firstBatch > price.batch) revert OrderNotLeftOut(3);
+        if (o.filled >= o.order.amountSynthetic) revert OrderNotLeftOut(4);
+        if (!_strictlyBetter(o.order, price.price, params.markets[m].resolution)) revert OrderNotLeftOut(5);
+        if (block.timestamp >= o.order.expiration * SECONDS_PER_HOUR) revert OrderNotLeftOut(6);
+
+        emit LeftOutOrderProven(channelId, orderIndex, price.market, price.batch, price.price);
+        _finish(channelId, params.trader, params.broker, params.token, c, uint256(c.traderDeposit) + c.brokerDeposit, false);
     }
 
     /// @notice Pay out a payout the token refused to push at conclusion. Anyone may trigger the
@@ -432,6 +647,18 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         status.kind = r.kind;
         status.registeredVersion = r.version;
         status.data = r.data;
+    }
+
+    /// @notice The evidence known for open order `orderIndex` of registered state `version`:
+    /// the earliest crossing batch and its price (both 0 when there is none).
+    function evidenceOf(bytes32 id, uint256 version, uint256 orderIndex)
+        external
+        view
+        returns (uint256 batch, uint256 price)
+    {
+        if (orderIndex >= MAX_OPEN_ORDERS) return (0, 0);
+        uint256 known = _evidence[id][(version << 8) | orderIndex];
+        return (known >> 64, uint64(known));
     }
 
     /// @notice EIP-712 digest of a state under this adjudicator's domain.
@@ -517,19 +744,46 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
 
     function _verifyCoSigned(
         bytes32 id,
-        ChannelHeader calldata h,
+        address trader,
+        address broker,
+        uint256 marketCount,
         State calldata s,
         bytes calldata traderSignature,
         bytes calldata brokerSignature
     ) internal view returns (bytes32 digest) {
         if (s.channelId != id) revert WrongChannel(id, s.channelId);
-        if (s.outcomes.length != h.marketCount) revert OutcomeCountMismatch(s.outcomes.length, h.marketCount);
+        if (s.outcomes.length != marketCount) revert OutcomeCountMismatch(s.outcomes.length, marketCount);
         if (s.openOrders.length > MAX_OPEN_ORDERS) revert TooManyOpenOrders(s.openOrders.length);
         digest = _hashTypedDataV4(ChannelHashing.hashState(s));
-        address trader = _recover(digest, traderSignature);
-        if (trader != h.trader) revert WrongSigner(h.trader, trader);
-        address broker = _recover(digest, brokerSignature);
-        if (broker != h.broker) revert WrongSigner(h.broker, broker);
+        address signer = _recover(digest, traderSignature);
+        if (signer != trader) revert WrongSigner(trader, signer);
+        signer = _recover(digest, brokerSignature);
+        if (signer != broker) revert WrongSigner(broker, signer);
+    }
+
+    function _requireBrokerSigned(address broker, BatchPrice calldata price, bytes calldata signature) internal view {
+        address signer = _recover(_hashTypedDataV4(ChannelHashing.hashBatchPrice(price)), signature);
+        if (signer != broker) revert WrongSigner(broker, signer);
+    }
+
+    /// @dev The index of market `id` among the channel's markets (at most MAX_MARKETS).
+    function _marketIndex(Market[] calldata markets, uint256 id) internal pure returns (uint256) {
+        for (uint256 i = 0; i < markets.length; ++i) {
+            if (markets[i].id == id) return i;
+        }
+        revert UnknownMarket(id);
+    }
+
+    /// @dev Whether an order's limit is strictly better than `price` on the integer grid of
+    /// `resolution` (exactly as `offchain.engine.auction.strictly_better`): a buy also accepts
+    /// price + 1 (`(price + 1) * S <= C * resolution`, price + 1 < 2^64), a sell also accepts
+    /// price - 1 (`(price - 1) * S >= C * resolution`, price >= 2). A market whose resolution the
+    /// adjudicator cannot use (0, or not below 2^64) crosses nothing.
+    function _strictlyBetter(Order calldata o, uint256 price, uint256 resolution) internal pure returns (bool) {
+        if (resolution == 0 || resolution > ChannelHashing.MAX_AMOUNT) return false;
+        uint256 limit = o.amountCollateral * resolution;
+        if (o.isBuy) return price + 1 <= ChannelHashing.MAX_AMOUNT && (price + 1) * o.amountSynthetic <= limit;
+        return price >= 2 && (price - 1) * o.amountSynthetic >= limit;
     }
 
     function _recover(bytes32 digest, bytes calldata signature) internal pure returns (address signer) {
@@ -583,20 +837,79 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         return (share + (c.traderDeposit - traderAccounted), false);
     }
 
-    /// @dev As `_settledPayout`, with every position valued at its market's oracle price.
-    function _payoutWithPositions(bytes32 id, ChannelParams calldata p, State calldata s, Channel memory c)
-        internal
-        returns (uint256 toTrader, bool underfunded)
-    {
-        int256 traderValue = s.balances.traderAvailable + int256(s.balances.traderLocked);
+    /// @dev As `_settledPayout`, after filling the open orders that have evidence, with every
+    /// position valued at its market's oracle price.
+    function _payoutWithPositions(
+        bytes32 id,
+        ChannelParams calldata p,
+        State calldata s,
+        Channel memory c,
+        uint256 version
+    ) internal returns (uint256 toTrader, bool underfunded) {
+        int256[] memory positions = new int256[](s.outcomes.length);
+        for (uint256 i = 0; i < positions.length; ++i) {
+            positions[i] = s.outcomes[i].position;
+        }
+        int256 traderValue =
+            s.balances.traderAvailable + int256(s.balances.traderLocked) + _fillFromEvidence(id, p, s, version, positions);
         uint256 tokenDecimals = DECIMALS_NOT_READ;
-        for (uint256 i = 0; i < s.outcomes.length; ++i) {
-            int256 position = s.outcomes[i].position;
-            if (position == 0) continue;
+        for (uint256 i = 0; i < positions.length; ++i) {
+            if (positions[i] == 0) continue;
             if (tokenDecimals == DECIMALS_NOT_READ) tokenDecimals = _tokenDecimals(p.token);
-            traderValue += _positionValue(id, p.markets[i], position, tokenDecimals, c.deadline);
+            traderValue += _positionValue(id, p.markets[i], positions[i], tokenDecimals, c.deadline);
         }
         return _traderPayout(s, c, traderValue);
+    }
+
+    /// @dev Fill the remainder of every open order that has evidence, in the order the state lists
+    /// them, at its evidence's price. Updates `positions` and returns the change in the trader's
+    /// collateral. A fill that would take a position out of (-2^63, 2^63) is not applied (the
+    /// engine's bound on balances), which also keeps `_positionValue` from overflowing.
+    function _fillFromEvidence(
+        bytes32 id,
+        ChannelParams calldata p,
+        State calldata s,
+        uint256 version,
+        int256[] memory positions
+    ) internal returns (int256 collateralChange) {
+        for (uint256 i = 0; i < s.openOrders.length; ++i) {
+            uint256 known = _evidence[id][(version << 8) | i];
+            if (known == 0) continue;
+            OpenOrder calldata o = s.openOrders[i];
+            uint256 m = _marketIndex(p.markets, o.order.market);
+            (uint256 amount, uint256 collateral, uint256 fee) = _evidenceFill(o, uint64(known), p.markets[m].resolution);
+            int256 position = positions[m] + (o.order.isBuy ? int256(amount) : -int256(amount));
+            if (position > ChannelHashing.MAX_BALANCE || position < -ChannelHashing.MAX_BALANCE) continue;
+            positions[m] = position;
+            collateralChange += o.order.isBuy ? -int256(collateral + fee) : int256(collateral) - int256(fee);
+            emit OrderFilledByEvidence(id, i, known >> 64, uint64(known), amount, collateral, fee);
+        }
+    }
+
+    /// @dev The fill of an order's whole remainder at `price` (as `offchain.settlement.evidence_fill`,
+    /// the engine's `fill_collateral` and the broker's fee cap): a buyer pays the value rounded
+    /// up but never more than the rest of its collateral lock, a seller receives it rounded down;
+    /// the fee is the most the order allows: what the fill releases of the order's fee lock,
+    /// within the signed fee ratio.
+    function _evidenceFill(OpenOrder calldata o, uint256 price, uint256 resolution)
+        internal
+        pure
+        returns (uint256 amount, uint256 collateral, uint256 fee)
+    {
+        uint256 size = o.order.amountSynthetic;
+        amount = size - o.filled;
+        if (o.order.isBuy) {
+            uint256 exact = Math.ceilDiv(amount * price, resolution);
+            uint256 lockLeft = Math.ceilDiv(o.order.amountCollateral * amount, size);
+            collateral = exact < lockLeft ? exact : lockLeft;
+        } else {
+            collateral = amount * price / resolution;
+        }
+        fee = Math.ceilDiv(o.order.maxFee * amount, size);
+        if (o.order.amountCollateral != 0) {
+            uint256 ratioCap = o.order.maxFee * collateral / o.order.amountCollateral;
+            if (ratioCap < fee) fee = ratioCap;
+        }
     }
 
     /// @dev Value in collateral base units of `position` synthetic base units:
@@ -657,7 +970,9 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         uint256 toTrader,
         bool underfunded
     ) internal {
-        uint256 toBroker = uint256(c.traderDeposit) + c.brokerDeposit - toTrader;
+        uint256 holdings = uint256(c.traderDeposit) + c.brokerDeposit;
+        if (slashedAt[broker] != 0) (toTrader, underfunded) = (holdings, false);
+        uint256 toBroker = holdings - toTrader;
         delete _registrations[id];
         _markConcluded(id, c);
         emit Concluded(id, toTrader, toBroker, underfunded);

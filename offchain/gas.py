@@ -28,9 +28,20 @@ from eth_utils.crypto import keccak
 from offchain.chain.client import TokenClient
 from offchain.chain.connection import in_process_chain
 from offchain.chain.deploy import deploy_contract
-from offchain.model import ChannelParams, ChannelState
+from offchain.engine.rules import lock_needed
+from offchain.model import BatchPrice, ChannelParams, ChannelState, OpenOrder, Order, Outcome
 from offchain.sandbox import USD, Party, Sandbox, plain_state, position_state
 from offchain.signing import co_sign
+from offchain.types import (
+    BatchNumber,
+    ExpirationHours,
+    MarketId,
+    Nonce,
+    Price,
+    Signature,
+    SyntheticAmount,
+    TokenAmount,
+)
 
 GAS_TABLE_PATH = Path("bench") / "gas.json"
 DRIFT_TOLERANCE = 0.01
@@ -169,9 +180,78 @@ def measure() -> dict[str, int]:
     cooperative_close()
     sad_exit()
     positions()
+    _binding_prices_scenario(run)
     _withdraw_scenario(run)
+    _slashing_scenario(run)
     figures["cooperative_close_total"] = figures["cooperative_close"]
     return dict(sorted(figures.items()))
+
+
+ORDER_EXPIRATION = ExpirationHours(1_000_000)  # hours since the epoch (year 2084): fixed calldata
+
+
+def _with_open_buy(run: GasRun, params: ChannelParams, version: int, last_batch: int = 0) -> ChannelState:
+    """A state with one open buy order of 0.1 gold at $2,000 (max fee $1), eligible from batch 1,
+    reflecting batch ``last_batch`` of the market."""
+    order = Order(
+        channel_id=params.channel_id,
+        trader=run.trader.address,
+        collateral=params.token,
+        market=params.markets[0].id,
+        is_buy=True,
+        amount_synthetic=SyntheticAmount(100_000),
+        amount_collateral=TokenAmount(200 * USD),
+        max_fee=TokenAmount(1 * USD),
+        nonce=Nonce(1),
+        expiration=ORDER_EXPIRATION,
+    )
+    signature = run.trader.signer.sign(run.sandbox.domain, order)
+    base = _plain(params, version, TRADER_DEPOSIT - lock_needed(order, 0))
+    return replace(
+        base,
+        balances=replace(base.balances, trader_locked=lock_needed(order, 0)),
+        open_orders=(OpenOrder(order, signature, SyntheticAmount(0), BatchNumber(1)),),
+        outcomes=(Outcome(SyntheticAmount(0), TokenAmount(0), BatchNumber(last_batch)),),
+    )
+
+
+def _signed_price(party: Party, sb: Sandbox, market: int, batch: int, price: int) -> tuple[BatchPrice, Signature]:
+    batch_price = BatchPrice(MarketId(market), BatchNumber(batch), Price(price))
+    return batch_price, party.signer.sign(sb.domain, batch_price)
+
+
+def _binding_prices_scenario(run: GasRun) -> None:
+    """Evidence in a dispute (one open order crossed by one signed price, then filled at
+    conclusion), and a left-out order proven with a co-signed state."""
+    sb, trader, broker = run.sandbox, run.trader, run.broker
+    params = _open_channel(run, markets=1)
+    state = _with_open_buy(run, params, 3)
+    run.record("challenge_1_open_order", sb.adjudicator.challenge(broker.transactor, params, _signed(run, state)))
+    evidence = _signed_price(broker, sb, params.markets[0].id, 1, 1_990 * USD)
+    run.record("submit_evidence", sb.adjudicator.submit_evidence(trader.transactor, params, state, [evidence]))
+    sb.chain.increase_time(params.challenge_duration + 1)
+    for description in sb.feeds:
+        sb.push_price(description, 2_000 * 10**8)
+    run.record("conclude_with_evidence", sb.adjudicator.conclude(trader.transactor, params, state))
+
+    params = _open_channel(run, markets=1)
+    proof = _signed(run, _with_open_buy(run, params, 4, last_batch=2))
+    price = _signed_price(broker, sb, params.markets[0].id, 1, 1_990 * USD)
+    run.record("prove_left_out_order", sb.adjudicator.prove_left_out_order(trader.transactor, params, proof, 0, price))
+
+
+def _slashing_scenario(run: GasRun) -> None:
+    """A broker signs two prices for one batch: the proof, then a funded open channel of that
+    broker concluded at once (the trader takes everything). Its own broker, since slashing is for
+    good."""
+    sb = run.sandbox
+    cheat = sb.party("slashed broker", tokens=1_000_000 * USD, key=_key("slashed broker"))
+    slashed = GasRun(sb, run.trader, cheat, run.figures)
+    params = _open_channel(slashed)
+    first = _signed_price(cheat, sb, 1, 7, 2_000 * USD)
+    second = _signed_price(cheat, sb, 1, 7, 2_001 * USD)
+    run.record("prove_two_prices", sb.adjudicator.prove_two_prices(run.trader.transactor, cheat.address, first, second))
+    run.record("conclude_slashed", sb.adjudicator.conclude_slashed(run.trader.transactor, params))
 
 
 def _deploy_gas(sb: Sandbox) -> int:

@@ -6,6 +6,7 @@ Every value read from the chain (a view's result, an event) is checked before it
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from offchain.model import (
     Outcome,
     check_state,
 )
+from offchain.settlement import Evidence
 from offchain.signing import CoSignedState
 from offchain.types import (
     Address,
@@ -149,6 +151,59 @@ class AdjudicatorClient:
     def withdraw(self, sender: Transactor, token: Address, account: Address, to: Address | None = None) -> TxReceipt:
         return sender.transact(self.contract.functions.withdraw(token, account, to or account))
 
+    def submit_evidence(
+        self,
+        sender: Transactor,
+        params: ChannelParams,
+        state: ChannelState,
+        prices: Sequence[tuple[BatchPrice, bytes]],
+    ) -> TxReceipt:
+        """Submit broker-signed batch prices as evidence for the registered ``state``."""
+        return sender.transact(
+            self.contract.functions.submitEvidence(
+                params.as_abi(), state.as_abi(), [p.as_abi() for p, _ in prices], [bytes(sig) for _, sig in prices]
+            )
+        )
+
+    def prove_two_prices(
+        self,
+        sender: Transactor,
+        broker: Address,
+        first: tuple[BatchPrice, bytes],
+        second: tuple[BatchPrice, bytes],
+    ) -> TxReceipt:
+        """Prove that ``broker`` signed two different prices for one (market, batch)."""
+        return sender.transact(
+            self.contract.functions.proveTwoPrices(
+                broker, first[0].as_abi(), bytes(first[1]), second[0].as_abi(), bytes(second[1])
+            )
+        )
+
+    def prove_left_out_order(
+        self,
+        sender: Transactor,
+        params: ChannelParams,
+        signed: CoSignedState,
+        order_index: int,
+        price: tuple[BatchPrice, bytes],
+    ) -> TxReceipt:
+        """Prove with a co-signed state that the broker left out open order ``order_index``."""
+        return sender.transact(
+            self.contract.functions.proveLeftOutOrder(
+                params.as_abi(),
+                signed.state.as_abi(),
+                signed.trader_signature,
+                signed.broker_signature,
+                order_index,
+                price[0].as_abi(),
+                bytes(price[1]),
+            )
+        )
+
+    def conclude_slashed(self, sender: Transactor, params: ChannelParams) -> TxReceipt:
+        """Conclude a channel of a slashed broker at once: the trader takes all of its funds."""
+        return sender.transact(self.contract.functions.concludeSlashed(params.header().as_abi()))
+
     # ------------------------------------------------------------ views
 
     def channel_id(self, params: ChannelParams) -> ChannelId:
@@ -173,6 +228,39 @@ class AdjudicatorClient:
             registered_version=Version(int(version)) if has_state else None,
             registered_data=int(data),
         )
+
+    def slashed_at(self, broker: Address) -> Timestamp | None:
+        """When ``broker`` was proven to have signed two prices for one batch (None: never)."""
+        value = int(call_view(self.contract.functions.slashedAt(broker)))
+        return Timestamp(value) if value else None
+
+    def evidence_of(self, channel_id: ChannelId, version: int, order_index: int) -> Evidence | None:
+        """The evidence the adjudicator holds for open order ``order_index`` of registered state
+        ``version`` (None: none)."""
+        batch, price = call_view(self.contract.functions.evidenceOf(channel_id, version, order_index))
+        if not batch:
+            return None
+        return Evidence(int(batch), int(price))
+
+    def evidence(self, channel_id: ChannelId, state: ChannelState) -> dict[int, Evidence]:
+        """Every open order of the registered ``state`` that has evidence, by index."""
+        found = {i: self.evidence_of(channel_id, state.version, i) for i in range(len(state.open_orders))}
+        return {i: e for i, e in found.items() if e is not None}
+
+    def logs(self, event: str, from_block: int, to_block: int) -> list[dict[str, Any]]:
+        """The adjudicator's ``event`` logs in [from_block, to_block], decoded, each with
+        ``args``, ``blockNumber``, ``transactionHash`` and ``logIndex``."""
+        raw = self.contract.events[event]().get_logs(from_block=from_block, to_block=to_block)
+        return [
+            {
+                "event": event,
+                "args": dict(entry["args"]),
+                "blockNumber": int(entry["blockNumber"]),
+                "transactionHash": bytes(entry["transactionHash"]),
+                "logIndex": int(entry["logIndex"]),
+            }
+            for entry in raw
+        ]
 
     def withdrawable(self, token: Address, account: Address) -> TokenAmount:
         return TokenAmount(int(call_view(self.contract.functions.withdrawable(token, account))))
@@ -208,7 +296,7 @@ class AdjudicatorClient:
         if str(tx.get("to")) != self.address:
             raise ChainError("the transaction was not sent to this adjudicator")
         fn, args = self.contract.decode_function_input(tx["input"])
-        if fn.fn_name not in ("challenge", "refute", "close"):
+        if fn.fn_name not in ("challenge", "refute", "close", "proveLeftOutOrder"):
             raise ChainError(f"{fn.fn_name} does not register a state")
         state = state_from_abi(args["state"])
         return CoSignedState(

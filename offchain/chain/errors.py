@@ -177,6 +177,52 @@ class ValueOutOfBounds(CustomContractError):
     """A number in the state, order or price is outside the bound its field allows."""
 
 
+class EvidencePeriodOver(CustomContractError):
+    """Evidence is accepted only until the dispute's deadline, which has passed."""
+
+
+class NoOpenOrders(CustomContractError):
+    """The registered state has no open orders for evidence to fill."""
+
+
+class EvidenceCountInvalid(CustomContractError):
+    """Prices and signatures differ in number, or there are none or too many."""
+
+
+class UnknownMarket(CustomContractError):
+    """The market is not one of the channel's."""
+
+
+class EvidenceChangesNothing(CustomContractError):
+    """No price submitted is earlier than what is known for any order it crosses."""
+
+
+class BrokerAlreadySlashed(CustomContractError):
+    """The broker has already been proven to sign two prices for one batch."""
+
+
+class BrokerNotSlashed(CustomContractError):
+    """The broker has not been slashed."""
+
+
+class DifferentBatches(CustomContractError):
+    """Two prices only conflict when they are for the same market and batch."""
+
+
+class SamePrice(CustomContractError):
+    """The two prices are the same: there is no conflict."""
+
+
+class OrderIndexOutOfRange(CustomContractError):
+    """The state holds no open order at that index."""
+
+
+class OrderNotLeftOut(CustomContractError):
+    """The order was not left out by that price (reason: 1 another market, 2 the state does not
+    reflect the batch, 3 not eligible in the batch, 4 already filled, 5 not strictly better than
+    the price, 6 expired)."""
+
+
 # --------------------------------------------------------------------------- OpenZeppelin
 
 

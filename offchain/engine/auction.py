@@ -106,22 +106,35 @@ class Clearing:
 # --------------------------------------------------------------------------- one order
 
 
+def limit_accepts(is_buy: bool, amount_synthetic: int, amount_collateral: int, price: int, resolution: int) -> bool:
+    """Whether a limit order of S = ``amount_synthetic`` for C = ``amount_collateral`` trades at
+    ``price``: a buy iff ``price * S <= C * res``, a sell iff ``price * S >= C * res``."""
+    if is_buy:
+        return price * amount_synthetic <= amount_collateral * resolution
+    return price * amount_synthetic >= amount_collateral * resolution
+
+
+def limit_strictly_better(
+    is_buy: bool, amount_synthetic: int, amount_collateral: int, price: int, resolution: int
+) -> bool:
+    """Whether such an order also accepts the next price away from it (so it must fill completely).
+
+    A buy: it accepts price + 1 and price + 1 <= 2^64 - 1. A sell: price >= 2 and it accepts
+    price - 1. The adjudicator's ``_strictlyBetter`` is the same test.
+    """
+    if is_buy:
+        return price < MAX_PRICE and limit_accepts(True, amount_synthetic, amount_collateral, price + 1, resolution)
+    return price >= 2 and limit_accepts(False, amount_synthetic, amount_collateral, price - 1, resolution)
+
+
 def accepts(order: BookOrder, price: int, resolution: int) -> bool:
     """Whether ``order`` trades at ``price`` (exact integer comparison with its limit)."""
-    if order.is_buy:
-        return price * order.amount_synthetic <= order.amount_collateral * resolution
-    return price * order.amount_synthetic >= order.amount_collateral * resolution
+    return limit_accepts(order.is_buy, order.amount_synthetic, order.amount_collateral, price, resolution)
 
 
 def strictly_better(order: BookOrder, price: int, resolution: int) -> bool:
-    """Whether ``order`` also accepts the next price away from it (so it must fill completely).
-
-    A buy: it accepts price + 1 and price + 1 <= 2^64 - 1. A sell: price >= 2 and it accepts
-    price - 1.
-    """
-    if order.is_buy:
-        return price < MAX_PRICE and accepts(order, price + 1, resolution)
-    return price >= 2 and accepts(order, price - 1, resolution)
+    """Whether ``order`` also accepts the next price away from it (see :func:`limit_strictly_better`)."""
+    return limit_strictly_better(order.is_buy, order.amount_synthetic, order.amount_collateral, price, resolution)
 
 
 def at_price(order: BookOrder, price: int, resolution: int) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 
+from offchain.engine.auction import limit_accepts, limit_strictly_better
 from offchain.errors import TradingChannelsError
 from offchain.model import MAX_AMOUNT, MAX_BALANCE, ChannelParams, Market, OpenOrder, Order
 from offchain.types import Price, TokenAmount
@@ -195,9 +196,16 @@ def fill_collateral(order: Order, filled: int, actual_synthetic: int, price: int
 def accepts_price(order: Order, price: int, resolution: int) -> bool:
     """Whether a fill at ``price`` respects the order's limit on the integer grid
     (buy: ``price * S <= C * resolution``; sell: ``price * S >= C * resolution``)."""
-    if order.is_buy:
-        return price * order.amount_synthetic <= order.amount_collateral * resolution
-    return price * order.amount_synthetic >= order.amount_collateral * resolution
+    return limit_accepts(order.is_buy, order.amount_synthetic, order.amount_collateral, price, resolution)
+
+
+def crosses(order: Order, price: int, resolution: int) -> bool:
+    """Whether a batch price crosses ``order``: its limit is strictly better than ``price`` (it
+    also accepts the next price away), so the batch fills it completely. An order exactly at the
+    price may be rationed, even to nothing, and is not crossed. This is what binds a signed price
+    (MISSION.md, "Slashing"): the adjudicator fills crossed orders from evidence and slashes a
+    broker that leaves one out, with the same test (``_strictlyBetter``)."""
+    return limit_strictly_better(order.is_buy, order.amount_synthetic, order.amount_collateral, price, resolution)
 
 
 def check_balance_bounds(name: str, value: int) -> None:

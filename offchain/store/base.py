@@ -210,6 +210,11 @@ class Store(Protocol):
         if that batch has two)."""
         ...
 
+    def batch_prices_between(self, broker: str, market: int, first: int, last: int) -> list[StoredBatchPrice]:
+        """Every price stored for (broker, market) with ``first <= batch <= last``, by batch, and
+        first stored first within a batch."""
+        ...
+
     # -- pending proposal, bookkeeping
 
     def put_pending(self, channel_id: bytes, message: dict[str, Any] | None) -> None:

@@ -258,6 +258,19 @@ class MemoryStore:
         with self._read():
             return list(self._prices.get((broker, market, batch), ()))
 
+    def batch_prices_between(self, broker: str, market: int, first: int, last: int) -> list[StoredBatchPrice]:
+        broker = normalise_broker(broker)
+        check_uint32("market", market)
+        check_amount("first", first)
+        check_amount("last", last)
+        with self._read():
+            keys: list[tuple[str, int, int]]
+            if last - first < len(self._prices):
+                keys = [(broker, market, b) for b in range(first, last + 1)]
+            else:
+                keys = sorted(k for k in self._prices if k[:2] == (broker, market) and first <= k[2] <= last)
+            return [p for key in keys for p in self._prices.get(key, ())]
+
     def latest_batch_prices(self, broker: str) -> dict[int, StoredBatchPrice]:
         broker = normalise_broker(broker)
         with self._read():

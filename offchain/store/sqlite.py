@@ -517,6 +517,19 @@ class SQLiteStore:
             ).fetchall()
         return [self._stored_price(row) for row in rows]
 
+    def batch_prices_between(self, broker: str, market: int, first: int, last: int) -> list[StoredBatchPrice]:
+        broker = normalise_broker(broker)
+        check_uint32("market", market)
+        check_amount("first", first)
+        check_amount("last", last)
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT {_PRICE_COLUMNS} FROM batch_prices WHERE broker = ? AND market = ? AND batch BETWEEN ? AND ? "
+                "ORDER BY batch, seq",
+                (broker, market, _u64_text(first), _u64_text(last)),
+            ).fetchall()
+        return [self._stored_price(row) for row in rows]
+
     def latest_batch_prices(self, broker: str) -> dict[int, StoredBatchPrice]:
         broker = normalise_broker(broker)
         with self._db() as conn:
