@@ -54,6 +54,20 @@ class DoubleSignError(TradingChannelsError):
     code = "double_sign"
 
 
+class TwoPricesError(TradingChannelsError):
+    """Refused to sign a second, different price for a (market, batch) already priced: the
+    adjudicator slashes a broker for it (MISSION.md, "Slashing")."""
+
+    code = "two_prices"
+
+
+class LeftOutOrderError(TradingChannelsError):
+    """Refused to sign a state that proves an order was left out by a signed batch price: the
+    adjudicator gives the trader the whole channel for it (MISSION.md, "Slashing")."""
+
+    code = "left_out_order"
+
+
 class CompilerError(TradingChannelsError):
     """The Solidity build failed or no compiler is available."""
 

@@ -11,7 +11,7 @@ the curve order (a malleable signature) is rejected.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,8 +20,14 @@ from eth_hash.auto import keccak
 from eth_utils.address import to_checksum_address
 
 from offchain.eip712 import Domain, Signable, struct_digest
-from offchain.errors import DoubleSignError, MalleableSignatureError, SignatureError, WrongSignerError
-from offchain.model import ChannelState, check_signable, check_state
+from offchain.errors import (
+    DoubleSignError,
+    MalleableSignatureError,
+    SignatureError,
+    TwoPricesError,
+    WrongSignerError,
+)
+from offchain.model import BatchPrice, ChannelState, check_signable, check_state
 from offchain.types import Address, ChannelId, Digest, Signature, Version
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -142,6 +148,38 @@ class StateSigner:
         if previous is None:
             self.log.record_signed(state.channel_id, state.version, digest)
         return self.signer.sign_digest(digest)
+
+
+class SignedPriceLog(Protocol):
+    """Where a broker keeps the batch prices it signed (the durable store implements it)."""
+
+    def batch_prices(self, broker: str, market: int, batch: int) -> Sequence[SignedPrice]: ...
+
+
+class SignedPrice(Protocol):
+    @property
+    def price(self) -> BatchPrice: ...
+
+
+class BatchPriceSigner:
+    """Signs a broker's batch prices, refusing a second, different price for a (market, batch)
+    it has already priced (MISSION.md, "Slashing": two prices for one batch cost the broker every
+    channel). The caller stores the signed price before publishing it, so the refusal holds
+    across restarts; signing the same price again returns the same signature."""
+
+    def __init__(self, signer: LocalSigner, domain: Domain, log: SignedPriceLog) -> None:
+        self.signer = signer
+        self.domain = domain
+        self.log = log
+
+    def sign_price(self, price: BatchPrice) -> Signature:
+        for record in self.log.batch_prices(self.signer.address, price.market, price.batch):
+            if record.price.price != price.price:
+                raise TwoPricesError(
+                    f"market {price.market} batch {price.batch} is already priced at {record.price.price}; "
+                    f"refusing to sign {price.price}"
+                )
+        return self.signer.sign(self.domain, price)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from offchain.engine.channel import (
     apply,
 )
 from offchain.engine.rules import RuleViolation, fee_lock, fill_collateral
+from offchain.engine.slashing import left_out_orders
 from offchain.errors import SignatureError, TradingChannelsError
 from offchain.model import (
     MAX_CHALLENGE_DURATION,
@@ -60,7 +62,7 @@ from offchain.model import (
 from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
 from offchain.protocol.party import BROKER, COOPERATIVE, SERVER_INITIATIVE, ChannelParty
-from offchain.signing import LocalSigner, StateSigner, verify
+from offchain.signing import BatchPriceSigner, LocalSigner, StateSigner, verify
 from offchain.store import Store, StoredBatchPrice, StoredOrder
 from offchain.types import (
     Address,
@@ -100,6 +102,17 @@ class MarketBook:
     open_batch: int
     last_price: int
     priced: bool
+    history: list[StoredBatchPrice] = field(default_factory=list)
+    """The broker's signed price of every batch so far, by batch."""
+
+    def prices_between(self, first: int, last: int) -> list[StoredBatchPrice]:
+        lo = bisect_left(self.history, first, key=_batch_of)
+        hi = bisect_right(self.history, last, key=_batch_of)
+        return self.history[lo:hi]
+
+
+def _batch_of(record: StoredBatchPrice) -> int:
+    return record.price.batch
 
 
 class BrokerAgent:
@@ -123,6 +136,7 @@ class BrokerAgent:
         self.transactor = Transactor.from_key(chain, signer.private_key)
         self.domain = Domain(chain.chain_id, adjudicator)
         self.state_signer = StateSigner(signer, self.domain, log=store)
+        self.price_signer = BatchPriceSigner(signer, self.domain, log=store)
         self.parties: dict[ChannelId, ChannelParty] = {}
         self.connections: dict[Address, set[Connection]] = defaultdict(set)
         self.channel_locks: dict[ChannelId, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -150,12 +164,14 @@ class BrokerAgent:
         """Resume every channel and market from the store."""
         for market in self.config.markets:
             saved = self.store.meta("broker.market", str(market.id)) or {}
-            self.books[market.id] = MarketBook(
+            book = MarketBook(
                 market=market,
                 open_batch=int(saved.get("open_batch", 1)),
                 last_price=int(saved.get("last_price", self.config.reference_prices.get(market.id, 1))),
                 priced=bool(saved.get("priced", False)),
             )
+            book.history = self.store.batch_prices_between(self.address, market.id, 1, book.open_batch - 1)
+            self.books[market.id] = book
         for record in self.store.channels():
             party = ChannelParty.load(self.store, self.state_signer, ChannelId(record.channel_id))
             self.parties[party.channel_id] = party
@@ -751,11 +767,11 @@ class BrokerAgent:
             price = BatchPrice(MarketId(book.market.id), batch, Price(clearing.price))
             marks = {**self.marks(), book.market.id: price.price}
             trades = self._trades(clearing.fills, by_key, book, price, now, marks)
-            refused = {cid for cid, trade in trades.items() if not self._would_apply(cid, trade)}
+            refused = {cid for cid, trade in trades.items() if not self._would_apply(cid, trade, now)}
             if not refused:
                 break
             excluded |= refused
-        signature = self.signer.sign(self.domain, price)
+        signature = self.price_signer.sign_price(price)  # never a second price for this batch
         with self.store.transaction():  # stored before it is published
             self.store.put_batch_price(StoredBatchPrice(self.address, price, signature))
             self.store.put_meta(
@@ -764,6 +780,7 @@ class BrokerAgent:
                 {"open_batch": batch + 1, "last_price": clearing.price, "priced": True},
             )
         book.open_batch = batch + 1
+        book.history.append(StoredBatchPrice(self.address, price, signature))
         book.last_price = clearing.price
         book.priced = True
         self._event(
@@ -799,12 +816,33 @@ class BrokerAgent:
             per_channel[channel_id].append(Fill(Nonce(nonce), SyntheticAmount(amount), fee))
         return {cid: Trade(price, tuple(f), now, marks) for cid, f in per_channel.items()}
 
-    def _would_apply(self, channel_id: bytes, trade: Trade) -> bool:
+    def _would_apply(self, channel_id: bytes, trade: Trade, now: int) -> bool:
+        """Whether the channel's Trade can be proposed: the engine accepts it, and the resulting
+        state would not prove that an order was left out by one of our signed prices (this
+        batch's included). A channel whose fill cannot be co-signed sits the batch out; while an
+        order it holds stays crossed and unfilled, it takes no trade in that market, so that the
+        broker never signs a state the trader could slash it with."""
         party = self.parties[ChannelId(channel_id)]
         try:
-            apply(party.channel, trade)
+            result = apply(party.channel, trade)
         except RuleViolation as exc:
             self._event("left_out", f"0x{channel_id.hex()} from batch {trade.batch_price.batch}: {exc.reason}")
+            return False
+        pending = trade.batch_price
+
+        def prices_between(market: int, first: int, last: int) -> list[StoredBatchPrice]:
+            found = self.books[market].prices_between(first, last) if market in self.books else []
+            if market == pending.market and first <= pending.batch <= last:
+                found.append(StoredBatchPrice(self.address, pending, b""))
+            return found
+
+        proofs = left_out_orders(party.params, result.state, prices_between, now, markets={pending.market})
+        if proofs:
+            nonces = ", ".join(str(p.open_order.order.nonce) for p in proofs)
+            self._event(
+                "left_out",
+                f"0x{channel_id.hex()} from batch {pending.batch}: it would leave crossed order(s) {nonces} unfilled",
+            )
             return False
         return True
 

@@ -15,6 +15,9 @@ Each step is an object with exactly one key; amounts are decimal strings::
       {"close": {}}
     ]
 
+``wait_concluded`` waits (up to ``timeout`` seconds, default 60) until the channel has been paid
+out on-chain, e.g. after the agent proved that the broker cheated on a batch price.
+
 ``order`` in ``wait_filled``/``cancel`` is the 1-based index of an order this script placed.
 The whole script is validated before the first step runs.
 """
@@ -31,6 +34,7 @@ from typing import Any
 from offchain.agents.trader import TraderAgent
 from offchain.errors import ValidationError
 from offchain.model import json_object, parse_decimal
+from offchain.protocol.party import ENDED
 
 STEP_FIELDS: dict[str, dict[str, bool]] = {
     "open": {"deposit": True, "flow": False, "challenge_duration": False, "nonce": False},
@@ -49,6 +53,7 @@ STEP_FIELDS: dict[str, dict[str, bool]] = {
     "sleep": {"seconds": True},
     "finalize": {},
     "close": {},
+    "wait_concluded": {"timeout": False},
 }
 
 
@@ -160,6 +165,12 @@ async def run_script(agent: TraderAgent, steps: list[Step], progress: Any = None
             await agent.finalize()
         elif step.kind == "close":
             receipt = await agent.close_on_chain()
+        elif step.kind == "wait_concluded":
+            await agent.wait_until(
+                lambda: agent.party is not None and agent.party.status in ENDED,
+                "the channel to be paid out on-chain",
+                a.get("timeout", 60.0),
+            )
     summary: dict[str, Any] = {"trader": agent.address, "orders": [str(n) for n in placed]}
     if agent.party is not None:
         state = agent.state

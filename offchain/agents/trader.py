@@ -15,24 +15,26 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from offchain.agents.common import log, on_chain, send, sign_login
+from offchain.chain import errors
 from offchain.chain.client import AdjudicatorClient, TokenClient
 from offchain.chain.connection import Chain, Transactor
 from offchain.eip712 import Domain
 from offchain.engine.channel import AccountDeposits, CancelOrder, Channel, CreateOrder, Finalize, Trade
-from offchain.errors import SignatureError, TradingChannelsError
-from offchain.model import ChannelParams, ChannelState, OpenOrder, Order
+from offchain.engine.slashing import LeftOutOrder, left_out_orders, two_prices
+from offchain.errors import ChainError, ContractError, SignatureError, TradingChannelsError
+from offchain.model import BatchPrice, ChannelParams, ChannelState, OpenOrder, Order
 from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
-from offchain.protocol.party import COOPERATIVE, SERVER_INITIATIVE, TRADER, ChannelParty
-from offchain.signing import LocalSigner, StateSigner, verify
+from offchain.protocol.party import COOPERATIVE, ENDED, SERVER_INITIATIVE, TRADER, ChannelParty
+from offchain.signing import CoSignedState, LocalSigner, StateSigner, verify
 from offchain.store import Store, StoredBatchPrice, StoredOrder
 from offchain.types import (
     Address,
@@ -48,6 +50,8 @@ from offchain.types import (
 )
 
 MAX_CLOCK_SKEW = 300
+
+T = TypeVar("T")
 
 
 class AgentTimeout(TradingChannelsError):
@@ -67,8 +71,24 @@ class RequestRefused(TradingChannelsError):
         self.rule = reply.rule
 
 
+class WatchtowerLink(Protocol):
+    """Where the trader hands its newest co-signed state and every signed batch price, so that a
+    watchtower can answer for it while it is offline (``offchain.agents.watchtower.WatchtowerClient``)."""
+
+    def watch(self, params: ChannelParams, signed: CoSignedState) -> None: ...
+
+    def price(self, broker: Address, price: BatchPrice, signature: bytes) -> None: ...
+
+
 class TraderAgent:
-    """One trader, one broker, one channel (per store)."""
+    """One trader, one broker, one channel (per store).
+
+    Besides trading, it holds the broker to its signed prices (MISSION.md, "Slashing") without
+    being told: every batch price is checked against every earlier one for the same batch (two
+    prices: it proves them on-chain and takes its channel), and every co-signed state against the
+    prices it holds (a left-out order: it proves it and takes the channel). With a watchtower, it
+    hands over every co-signed state and price as it gets them.
+    """
 
     def __init__(
         self,
@@ -80,8 +100,10 @@ class TraderAgent:
         *,
         timeout: float = 15.0,
         reconnect_delay: float = 0.2,
+        watchtower: WatchtowerLink | None = None,
     ) -> None:
         self.signer = signer
+        self.watchtower = watchtower
         self.store = store
         self.chain = chain
         self.url = url
@@ -110,6 +132,8 @@ class TraderAgent:
         self._requested_cancels: set[int] = set()  # server initiative: what we asked the broker for
         self._requested_finalize = False
         self._run_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._checked_version = -1  # the co-signed version last checked for left-out orders
         for record in store.channels():
             self.party = ChannelParty.load(store, self.state_signer, record.channel_id)
         self._load_marks()
@@ -122,14 +146,17 @@ class TraderAgent:
 
     async def start(self) -> None:
         """Connect (and keep reconnecting) in the background; returns once welcomed."""
+        self._after_change()  # a state restored from the store may already be a proof
         self._run_task = asyncio.create_task(self._run())
         await self._wait(lambda: self.welcome is not None and self.ws is not None, "the broker's welcome")
 
     async def stop(self) -> None:
-        if self._run_task is not None:
-            self._run_task.cancel()
+        tasks = [t for t in (self._run_task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             try:
-                await self._run_task
+                await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
         if self.ws is not None:
@@ -211,6 +238,7 @@ class TraderAgent:
         except TradingChannelsError as exc:
             self.events.append(("refused", f"{exc.code}: {exc.reason}"))
             await send(ws, m.ErrorReply(message_id, exc.code, exc.reason, None, _channel_of(raw)))
+        self._after_change()
         await self._notify()
 
     async def _dispatch(self, ws: Connection, msg: m.Message) -> None:
@@ -329,7 +357,8 @@ class TraderAgent:
                 raise ProtocolError(m.STALE_MARKS, f"market {market}: {price} is not the latest batch price")
 
     def _on_batch_price(self, msg: m.BatchPriceMessage) -> None:
-        """Keep every batch price (evidence); a second different price for one batch is kept too."""
+        """Keep every batch price (evidence, also handed to the watchtower); a second, different
+        price for one batch is kept too, and proven on-chain at once (two prices)."""
         if self.welcome is None:
             raise ProtocolError(m.NOT_AUTHENTICATED, "no welcome yet")
         try:
@@ -342,10 +371,13 @@ class TraderAgent:
         earlier = self.store.batch_prices(self.welcome.broker, price.market, price.batch)
         if self.store.put_batch_price(record):
             self.batch_prices_seen += 1
-            for other in earlier:
-                if other.price.price != price.price:
-                    self.conflicts.append((other, record))
-                    self.events.append(("two_prices", f"market {price.market} batch {price.batch}"))
+            if self.watchtower is not None:
+                self.watchtower.price(self.welcome.broker, price, record.signature)
+            other = two_prices(earlier, record)
+            if other is not None:
+                self.conflicts.append((other, record))
+                self.events.append(("two_prices", f"market {price.market} batch {price.batch}"))
+                self._spawn(self.prove_two_prices(other, record))
         if price.batch >= self.mark_batches.get(price.market, 0):
             self.mark_batches[price.market] = price.batch
             self.marks[price.market] = price.price
@@ -365,6 +397,117 @@ class TraderAgent:
             party.adopt(msg.state, msg.trader_signature, msg.broker_signature)
         if party.flow == COOPERATIVE and msg.turn == TRADER and party.turn != TRADER:
             party.on_yield(m.Yield(party.channel_id, party.state.version))
+
+    # ------------------------------------------------------------------ holding the broker to its prices
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _after_change(self) -> None:
+        """After anything changed: hand a new co-signed state to the watchtower and check it for
+        a left-out order."""
+        party = self.party
+        if party is None or not party.co_signed.broker_signature or not party.co_signed.trader_signature:
+            return
+        signed = party.co_signed
+        if signed.state.version <= self._checked_version:
+            return
+        self._checked_version = signed.state.version
+        if self.watchtower is not None:
+            self.watchtower.watch(party.params, signed)
+        if party.status in ENDED:
+            return
+        broker = party.params.broker
+        proofs = left_out_orders(
+            party.params,
+            signed.state,
+            lambda market, first, last: self.store.batch_prices_between(broker, market, first, last),
+            int(time.time()),
+        )
+        if proofs:
+            nonces = ", ".join(str(p.open_order.order.nonce) for p in proofs)
+            self.events.append(("left_out_order", f"version {signed.state.version} leaves out order(s) {nonces}"))
+            self._spawn(self.prove_left_out_order(signed, proofs[0]))
+
+    async def prove_two_prices(self, first: StoredBatchPrice, second: StoredBatchPrice) -> None:
+        """Prove on-chain that the broker signed ``first`` and ``second`` for one batch, then take
+        this channel (every channel of a slashed broker goes to its trader)."""
+        try:
+            await self._retry_on_chain(
+                self.adjudicator.prove_two_prices,
+                self.transactor,
+                first.broker,
+                (first.price, first.signature),
+                (second.price, second.signature),
+            )
+            self.events.append(("proved_two_prices", f"market {first.price.market} batch {first.price.batch}"))
+        except errors.BrokerAlreadySlashed:
+            self.events.append(("broker_already_slashed", first.broker))
+        await self.claim_if_broker_slashed()
+
+    async def claim_if_broker_slashed(self) -> bool:
+        """If the broker has been slashed, conclude this channel at once: the trader takes all of
+        its funds. True if the channel is (now) concluded that way."""
+        party = self.party
+        if party is None or party.status in ENDED:
+            return False
+        if await on_chain(self.chain, self.adjudicator.slashed_at, party.params.broker) is None:
+            return False
+        try:
+            receipt = await self._retry_on_chain(self.adjudicator.conclude_slashed, self.transactor, party.params)
+        except errors.ChannelConcluded:
+            self.events.append(("already_concluded", f"0x{party.channel_id.hex()}"))
+        else:
+            (event,) = self.adjudicator.events(receipt, "Concluded")
+            self.events.append(("took_channel", f"the broker is slashed: {event['toTrader']} to the trader"))
+        party.set_status("concluded")
+        await self._notify()
+        return True
+
+    async def prove_left_out_order(self, signed: CoSignedState, proof: LeftOutOrder) -> None:
+        """Prove on-chain with ``signed`` that the broker left out an order: the trader takes the
+        channel at once."""
+        party = self._party()
+        try:
+            receipt = await self._retry_on_chain(
+                self.adjudicator.prove_left_out_order,
+                self.transactor,
+                party.params,
+                signed,
+                proof.index,
+                (proof.price.price, proof.price.signature),
+            )
+        except errors.ChannelConcluded:
+            self.events.append(("already_concluded", f"0x{party.channel_id.hex()}"))
+        else:
+            (event,) = self.adjudicator.events(receipt, "Concluded")
+            self.events.append(
+                (
+                    "proved_left_out_order",
+                    f"order {proof.open_order.order.nonce} crossed by batch {proof.price.price.batch}: "
+                    f"{event['toTrader']} to the trader",
+                )
+            )
+        party.set_status("concluded")
+        await self._notify()
+
+    async def _retry_on_chain(self, fn: Callable[..., T], *args: Any) -> T:
+        """A chain call, retried while the node cannot be reached (a revert is final)."""
+        delay = 0.5
+        for attempt in range(6):
+            try:
+                return await on_chain(self.chain, fn, *args)
+            except ContractError:
+                raise
+            except ChainError as exc:
+                if attempt == 5:
+                    raise
+                self.events.append(("chain_retry", exc.reason))
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ the API
 

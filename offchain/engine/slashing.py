@@ -17,7 +17,7 @@ every Trade state before it signs it, so that it never hands out such a proof.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from offchain.engine.rules import crosses
@@ -56,13 +56,20 @@ def two_prices(known: Sequence[StoredBatchPrice], new: StoredBatchPrice) -> Stor
 
 
 def left_out_orders(
-    params: ChannelParams, state: ChannelState, prices_between: PricesBetween, now: int
+    params: ChannelParams,
+    state: ChannelState,
+    prices_between: PricesBetween,
+    now: int,
+    markets: Collection[int] | None = None,
 ) -> list[LeftOutOrder]:
-    """Every open order of ``state`` that a signed price proves was left out (the earliest such
-    batch per order), as ``proveLeftOutOrder`` would accept it at block time ``now``."""
+    """Every open order of ``state`` (of ``markets`` only, if given) that a signed price proves
+    was left out (the earliest such batch per order), as ``proveLeftOutOrder`` would accept it at
+    block time ``now``."""
     found: list[LeftOutOrder] = []
     for index, open_order in enumerate(state.open_orders):
         order = open_order.order
+        if markets is not None and order.market not in markets:
+            continue
         if open_order.filled >= order.amount_synthetic or now >= order.expiration * SECONDS_PER_HOUR:
             continue
         try:

@@ -33,6 +33,8 @@ TRADER = "trader"
 BROKER = "broker"
 SERVER_INITIATIVE = "server_initiative"
 COOPERATIVE = "cooperative"
+ENDED = ("closed", "concluded")
+"""Statuses of a channel that has been paid out on-chain: nothing is proposed or signed in it."""
 
 ContextCheck = Callable[[Channel, m.Propose], None]
 """An agent's own checks of a proposal against what it knows (chain, batch prices, clock);
@@ -311,6 +313,8 @@ class ChannelParty:
     def _require_open(self) -> None:
         if self.state.is_final and self.co_signed.state.is_final:
             raise ProtocolError(m.CHANNEL_CLOSED, "the channel is final")
+        if self.status in ENDED:
+            raise ProtocolError(m.CHANNEL_CLOSED, f"the channel has {self.status} on-chain")
 
     def _duplicate(self, proposal: m.Propose) -> m.Ack:
         stored = self.store.state(self.channel_id, proposal.state.version)

@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from offchain.agents.broker import BrokerAgent, BrokerConfig
 from offchain.agents.common import on_chain, sign_login
 from offchain.agents.trader import TraderAgent
+from offchain.chain.client import OnChainChannel
 from offchain.chain.connection import Chain, in_process_chain
 from offchain.eip712 import Domain
 from offchain.engine.channel import AccountDeposits, CancelOrder, CreateOrder, Fill, Finalize, Trade, apply, setup
@@ -190,8 +191,22 @@ class Net:
     async def balance(self, address: Address) -> int:
         return await on_chain(self.chain, self.sb.token.balance_of, address)
 
-    async def broker(self, tokens: int = 100_000 * USD, store: Store | None = None, **config: Any) -> BrokerAgent:
-        """A started broker with a fresh key; ``config`` overrides BrokerConfig's fields."""
+    async def party_status(self, trader: TraderAgent) -> OnChainChannel:
+        """Where the trader's channel stands on-chain."""
+        return await on_chain(self.chain, self.sb.adjudicator.status, trader.channel_id)
+
+    async def slashed_at(self, broker: Address) -> int | None:
+        return await on_chain(self.chain, self.sb.adjudicator.slashed_at, broker)
+
+    async def broker(
+        self,
+        tokens: int = 100_000 * USD,
+        store: Store | None = None,
+        cls: type[BrokerAgent] = BrokerAgent,
+        **config: Any,
+    ) -> BrokerAgent:
+        """A started broker (of class ``cls``) with a fresh key; ``config`` overrides BrokerConfig's
+        fields."""
         party = await self.party("broker", tokens)
         settings: dict[str, Any] = {
             "port": 0,
@@ -203,7 +218,7 @@ class Net:
             "reference_prices": {GOLD: GOLD_PRICE, BTC: BTC_PRICE},
         }
         settings.update(config)
-        broker = BrokerAgent(
+        broker = cls(
             party.signer,
             store if store is not None else MemoryStore(),
             self.chain,

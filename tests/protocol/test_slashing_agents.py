@@ -1,0 +1,174 @@
+"""The agents hold the broker to its signed prices on their own (MISSION.md, "Slashing"), in one
+process on the in-process chain:
+
+- a broker that signs two prices for one batch ends with nothing in any of its open channels: the
+  traders prove it on-chain without being told, and every one of them takes its whole channel;
+- a broker that leaves a crossed order out of a co-signed Trade state loses that channel to the
+  trader;
+- the honest broker can do neither: its price signer refuses a second price, and it refuses to
+  propose a Trade that leaves a crossed order out.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from offchain.agents.broker import BrokerAgent
+from offchain.agents.trader import TraderAgent
+from offchain.chain.client import Stage
+from offchain.engine.channel import Trade
+from offchain.errors import TwoPricesError
+from offchain.model import BatchPrice
+from offchain.protocol import messages as m
+from offchain.signing import BatchPriceSigner, LocalSigner
+from offchain.store import SQLiteStore, StoredBatchPrice
+from offchain.types import BatchNumber, MarketId, Price, Timestamp
+from tests.cheating import EquivocatingBroker, LeftOutBroker
+from tests.protocol.conftest import DOMAIN, GOLD, GOLD_PRICE, UNIT, USD, Net, eventually, fixed_key, run
+
+TOKENS = 10_000 * USD
+DEPOSIT = 5_000 * USD
+BROKER_DEPOSIT = 20_000 * USD
+CHANNEL = DEPOSIT + BROKER_DEPOSIT
+
+
+def events_of(agent: TraderAgent | BrokerAgent, kind: str) -> list[str]:
+    return [detail for k, detail in agent.events if k == kind]
+
+
+async def took_the_channel(net: Net, trader: TraderAgent) -> None:
+    """The trader's channel concluded on-chain and paid the trader all of its holdings."""
+    await eventually(
+        lambda: trader.party is not None and trader.party.status == "concluded", "the trader to take its channel", 20
+    )
+    status = await net.party_status(trader)
+    assert status.stage == Stage.CONCLUDED
+    assert (status.trader_deposit, status.broker_deposit) == (0, 0)
+    assert await net.balance(trader.address) == TOKENS - DEPOSIT + CHANNEL
+
+
+def test_a_broker_that_signs_two_prices_ends_with_nothing_in_any_channel(net: Net) -> None:
+    async def body() -> None:
+        broker = await net.broker(cls=EquivocatingBroker, channel_deposit=BROKER_DEPOSIT)
+        assert isinstance(broker, EquivocatingBroker)
+        broker.equivocate_batch = 2
+        broker_start = await net.balance(broker.address)
+        a = await net.trader(broker, "server_initiative", DEPOSIT, tokens=TOKENS)
+        b = await net.trader(broker, "cooperative", DEPOSIT, tokens=TOKENS)
+        c = await net.trader(broker, "cooperative", DEPOSIT, tokens=TOKENS)
+        traders = (a, b, c)
+
+        # batch 1, honest: a buys 1 oz from b; c's bid rests below the price
+        await a.place_order(GOLD, True, UNIT, 2_010 * USD, 5 * USD)
+        await b.place_order(GOLD, False, UNIT, 1_990 * USD, 5 * USD)
+        await c.place_order(GOLD, True, UNIT // 2, 950 * USD, 1 * USD)
+        first = await broker.settle_batch(GOLD)
+        assert first.batch == 1 and a.state.outcomes[0].position == UNIT and b.state.outcomes[0].position == -UNIT
+
+        # batch 2: the broker signs its price, then a second one for the same batch
+        await b.place_order(GOLD, True, UNIT // 2, 1_010 * USD, 1 * USD)
+        second = await broker.settle_batch(GOLD)
+        assert second.batch == 2 and events_of(broker, "equivocated")
+
+        # every trader proves it or finds it proven, and takes its whole channel
+        for trader in traders:
+            await took_the_channel(net, trader)
+        assert await net.slashed_at(broker.address) is not None
+        proofs = [t for t in traders if events_of(t, "proved_two_prices")]
+        assert len(proofs) >= 1
+        assert all(events_of(t, "took_channel") or events_of(t, "already_concluded") for t in traders)
+        assert await net.balance(broker.address) == broker_start - 3 * BROKER_DEPOSIT
+
+        # nothing more is signed in a concluded channel
+        party = a.party
+        assert party is not None
+        with pytest.raises(m.ProtocolError) as refused:
+            party.propose("cancel", None)  # type: ignore[arg-type]
+        assert refused.value.code == m.CHANNEL_CLOSED
+
+        for trader in traders:
+            await trader.stop()
+        await broker.stop()
+
+    run(body(), timeout=90)
+
+
+def test_a_left_out_order_costs_the_broker_the_channel(net: Net) -> None:
+    async def body() -> None:
+        broker = await net.broker(cls=LeftOutBroker, channel_deposit=BROKER_DEPOSIT)
+        assert isinstance(broker, LeftOutBroker)
+        a = await net.trader(broker, "cooperative", DEPOSIT, tokens=TOKENS)
+        b = await net.trader(broker, "server_initiative", DEPOSIT, tokens=TOKENS)
+        left_out = await a.place_order(GOLD, True, UNIT, 2_010 * USD, 5 * USD)
+        await a.place_order(GOLD, True, UNIT, 2_020 * USD, 5 * USD)
+        await b.place_order(GOLD, False, 2 * UNIT, 3_980 * USD, 10 * USD)
+        broker.leave_out = frozenset({(bytes(a.channel_id), left_out)})
+
+        price = await broker.settle_batch(GOLD)
+        assert price.price < 2_010 * USD  # both of a's bids are strictly better than the price
+
+        await took_the_channel(net, a)
+        (proof,) = events_of(a, "proved_left_out_order")
+        assert proof.startswith(f"order {left_out} crossed by batch 1")
+        # b's channel is not a's business: it stays open
+        status = await net.party_status(b)
+        assert status.stage == Stage.OPEN
+        await a.stop()
+        await b.stop()
+        await broker.stop()
+
+    run(body(), timeout=60)
+
+
+def test_the_honest_broker_refuses_a_trade_that_leaves_a_crossed_order_out(net: Net) -> None:
+    async def body() -> None:
+        broker = await net.broker(channel_deposit=BROKER_DEPOSIT)
+        a = await net.trader(broker, "cooperative", DEPOSIT, tokens=TOKENS)
+        crossed = await a.place_order(GOLD, True, UNIT, 2_010 * USD, 5 * USD)
+        other = await a.place_order(GOLD, True, UNIT, 2_020 * USD, 5 * USD)
+        price = BatchPrice(MarketId(GOLD), BatchNumber(1), Price(GOLD_PRICE))
+        now = Timestamp(int(time.time()))
+        fills = broker._trades(
+            {(bytes(a.channel_id), crossed): UNIT, (bytes(a.channel_id), other): UNIT},
+            {(bytes(a.channel_id), o.order.nonce): o for o in a.state.open_orders},
+            broker.books[GOLD],
+            price,
+            now,
+            {GOLD: price.price},
+        )
+        complete = fills[bytes(a.channel_id)]
+        assert broker._would_apply(a.channel_id, complete, now)
+        partial = Trade(price, tuple(f for f in complete.fills if f.nonce == other), now, complete.marks)
+        assert not broker._would_apply(a.channel_id, partial, now)
+        assert events_of(broker, "left_out")[-1].endswith(f"would leave crossed order(s) {crossed} unfilled")
+        # at the price (rationed) is no proof: a price one unit below the 2,010 limit crosses, at 2,010 it does not
+        at_limit = BatchPrice(MarketId(GOLD), BatchNumber(1), Price(2_010 * USD))
+        rationed = Trade(at_limit, partial.fills, now, {GOLD: at_limit.price})
+        assert broker._would_apply(a.channel_id, rationed, now)
+        await a.stop()
+        await broker.stop()
+
+    run(body(), timeout=60)
+
+
+def test_the_price_signer_refuses_a_second_price_even_after_a_restart(tmp_path: Path) -> None:
+    signer = LocalSigner(fixed_key("price signer"))
+    price = BatchPrice(MarketId(GOLD), BatchNumber(7), Price(GOLD_PRICE))
+    store = SQLiteStore(tmp_path / "broker.db")
+    prices = BatchPriceSigner(signer, DOMAIN, store)
+    signature = prices.sign_price(price)
+    store.put_batch_price(StoredBatchPrice(signer.address, price, signature))
+    assert prices.sign_price(price) == signature  # the same price again: the same signature
+    store.close()
+
+    store = SQLiteStore(tmp_path / "broker.db")
+    prices = BatchPriceSigner(signer, DOMAIN, store)
+    with pytest.raises(TwoPricesError) as refused:
+        prices.sign_price(BatchPrice(MarketId(GOLD), BatchNumber(7), Price(GOLD_PRICE + 1)))
+    assert refused.value.code == "two_prices"
+    next_batch = BatchPrice(MarketId(GOLD), BatchNumber(8), Price(GOLD_PRICE + 1))
+    assert prices.sign_price(next_batch)  # another batch is another matter
+    store.close()
