@@ -12,9 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from offchain.errors import TradingChannelsError, ValidationError
 from offchain.types import Address
+
+if TYPE_CHECKING:
+    from offchain.agents.broker import BrokerAgent
 
 ANVIL_CHAIN_ID = 31337
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
@@ -105,7 +109,7 @@ def _parse_market(spec: str, index: int) -> tuple[int, str, int]:
     return int(parts[0]), parts[1], int(parts[2])
 
 
-def _broker(args: argparse.Namespace) -> int:
+def _broker(args: argparse.Namespace, broker_class: type[BrokerAgent] | None = None) -> int:
     import asyncio
     import logging
 
@@ -159,7 +163,8 @@ def _broker(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         store = open_store(args.store)
-        broker = BrokerAgent(LocalSigner(key), store, chain, deployment.adjudicator, deployment.token, config)
+        agent = broker_class or BrokerAgent
+        broker = agent(LocalSigner(key), store, chain, deployment.adjudicator, deployment.token, config)
         await broker.start()
         print(f"broker {broker.address} ready on ws://{args.host}:{broker.port}", flush=True)
         try:
@@ -180,6 +185,7 @@ def _trader(args: argparse.Namespace) -> int:
 
     from offchain.agents.script import load_script, run_script
     from offchain.agents.trader import TraderAgent
+    from offchain.agents.watchtower import WatchtowerClient
     from offchain.chain.connection import Chain
     from offchain.chain.deploy import Deployment
     from offchain.signing import LocalSigner
@@ -197,18 +203,90 @@ def _trader(args: argparse.Namespace) -> int:
 
     async def run() -> dict[str, object]:
         store = open_store(args.store)
+        watchtower = WatchtowerClient(args.watchtower) if args.watchtower else None
         agent = TraderAgent(
-            LocalSigner(key), store, chain, args.broker_url, deployment.adjudicator, timeout=args.timeout
+            LocalSigner(key),
+            store,
+            chain,
+            args.broker_url,
+            deployment.adjudicator,
+            timeout=args.timeout,
+            watchtower=watchtower,
         )
         try:
+            if watchtower is not None:
+                await watchtower.start()
             await agent.start()
-            return await run_script(agent, steps, progress)
+            summary = await run_script(agent, steps, progress)
+            if watchtower is not None:  # everything handed over before this trader goes offline
+                await watchtower.flush(args.timeout)
+                progress(f"watchtower {args.watchtower} holds version {summary.get('state', ['?'])[0]}")
+            return summary
         finally:
             await agent.stop()
+            if watchtower is not None:
+                await watchtower.stop()
             store.close()
 
     summary = asyncio.run(run())
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2), flush=True)
+    return 0
+
+
+def _watchtower(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from offchain.agents.watchtower import Watchtower, WatchtowerConfig
+    from offchain.chain.client import ADJUDICATOR
+    from offchain.chain.connection import Chain
+    from offchain.chain.deploy import Deployment
+    from offchain.model import check_address
+    from offchain.signing import LocalSigner
+    from offchain.store import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s watchtower %(message)s", stream=sys.stdout)
+    for noisy in ("websockets", "web3", "urllib3", "eth", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not 0 <= args.port <= 65535:
+        raise ValidationError(f"--port must be within [0, 65535], got {args.port}")
+    if not 0 < args.poll_seconds <= 3600:
+        raise ValidationError("--poll-seconds must be positive and at most 3600")
+    if args.max_channels < 1 or args.confirmations < 0:
+        raise ValidationError("--max-channels must be at least 1 and --confirmations not negative")
+    traders = frozenset(check_address("--trader", t) for t in args.trader)
+    chain_obj, deployment_obj = _load_deployment_for(args)
+    assert isinstance(chain_obj, Chain) and isinstance(deployment_obj, Deployment)
+    chain, deployment = chain_obj, deployment_obj
+    key = _deploy_key(args, chain.chain_id)
+    adjudicator = deployment.contracts.get(ADJUDICATOR)
+    config = WatchtowerConfig(
+        host=args.host,
+        port=args.port,
+        poll_seconds=args.poll_seconds,
+        max_channels=args.max_channels,
+        confirmations=args.confirmations,
+        first_block=adjudicator.block if adjudicator is not None else 0,
+        traders=traders,
+    )
+
+    async def serve() -> None:
+        store = open_store(args.store)
+        try:
+            watchtower = Watchtower(LocalSigner(key), store, chain, deployment.adjudicator, config)
+            await watchtower.start()
+            print(f"watchtower {watchtower.address} ready on ws://{args.host}:{watchtower.port}", flush=True)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await watchtower.stop()
+        finally:
+            store.close()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        print("watchtower stopped", flush=True)
     return 0
 
 
@@ -327,7 +405,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", required=True, help="JSON script of steps (see docs/protocol.md)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker (default: 30)")
     p.add_argument("--json", action="store_true", help="print only the JSON summary")
+    p.add_argument(
+        "--watchtower",
+        metavar="WS_URL",
+        help="hand every co-signed state and batch price to this watchtower, e.g. ws://127.0.0.1:8766",
+    )
     p.set_defaults(func=_trader)
+
+    p = sub.add_parser("watchtower", help="run a watchtower: guard channels, answer disputes, conclude and withdraw")
+    _add_node_and_key(p)
+    p.add_argument("--store", default="watchtower.db", help="SQLite store (default: watchtower.db)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8766, help="port to listen on (default: 8766; 0 picks a free one)")
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="seconds between two looks at the chain")
+    p.add_argument("--max-channels", type=int, default=1000, help="most channels guarded at once (default: 1000)")
+    p.add_argument("--confirmations", type=int, default=0, help="blocks a log must be deep before it is read")
+    p.add_argument(
+        "--trader",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="guard only channels of this trader (repeatable; default: any trader)",
+    )
+    p.set_defaults(func=_watchtower)
 
     p = sub.add_parser("demo", help="run the dispute story end to end and print the payouts")
     p.add_argument("--rpc", help="run on this JSON-RPC node instead of the embedded in-process chain")
@@ -340,11 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, broker_class: type[BrokerAgent] | None = None) -> int:
+    """Run ``tchan ARGV``. ``broker_class`` replaces the broker agent of ``tchan broker`` (the
+    tests run misbehaving brokers this way)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.func(args)
+        code: int = args.func(args, broker_class) if args.func is _broker else args.func(args)
         return code
     except TradingChannelsError as exc:
         if args.debug:

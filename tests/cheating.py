@@ -21,15 +21,24 @@ from offchain.types import Price
 
 
 class EquivocatingBroker(BrokerAgent):
-    """After pricing batch ``equivocate_batch`` of a market, signs a second price for the same
-    batch (one unit higher) and sends it to every connected trader."""
+    """After pricing the first batch from ``equivocate_batch`` on in which some channel traded,
+    signs a second price for the same batch (one unit higher) and sends it to every connected
+    trader. Once."""
 
     equivocate_batch = 1
+    equivocated: BatchPrice | None = None
+    _traded = False
+
+    def _trades(self, *args: Any, **kwargs: Any) -> dict[bytes, Trade]:
+        trades = super()._trades(*args, **kwargs)
+        self._traded = bool(trades)
+        return trades
 
     async def settle_batch(self, market_id: int) -> BatchPrice:
+        self._traded = False
         price = await super().settle_batch(market_id)
-        if price.batch == self.equivocate_batch:
-            await self.equivocate(price)
+        if self.equivocated is None and price.batch >= self.equivocate_batch and self._traded:
+            self.equivocated = await self.equivocate(price)
         return price
 
     async def equivocate(self, price: BatchPrice) -> BatchPrice:
@@ -61,17 +70,16 @@ class LeftOutBroker(BrokerAgent):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tchan broker`` with :class:`EquivocatingBroker` (``--equivocate-batch N``)."""
+    """``tchan broker ...`` run with :class:`EquivocatingBroker`; ``--equivocate-batch N`` (default
+    1) is the first batch it may equivocate on."""
     from offchain import cli
 
     args = list(sys.argv[1:] if argv is None else argv)
-    batch = 1
     if "--equivocate-batch" in args:
         at = args.index("--equivocate-batch")
-        batch = int(args[at + 1])
+        EquivocatingBroker.equivocate_batch = int(args[at + 1])
         del args[at : at + 2]
-    EquivocatingBroker.equivocate_batch = batch
-    return cli.main(["broker", *args], broker_class=EquivocatingBroker)
+    return cli.main(args, broker_class=EquivocatingBroker)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,18 @@ def tchan(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([TCHAN, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", [[], ["compile"], ["deploy"], ["demo"], ["gas"]])
+@pytest.mark.parametrize(
+    "command", [[], ["compile"], ["deploy"], ["demo"], ["gas"], ["broker"], ["trader"], ["watchtower"]]
+)
 def test_help(command: list[str]) -> None:
     run = tchan(*command, "--help")
     assert run.returncode == 0
     assert "usage: tchan" in run.stdout
+
+
+def test_trader_help_offers_a_watchtower() -> None:
+    run = tchan("trader", "--help")
+    assert "--watchtower WS_URL" in run.stdout
 
 
 def test_compile_check_passes_on_the_committed_artifacts() -> None:

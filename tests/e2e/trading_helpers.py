@@ -36,6 +36,12 @@ FEEDS = ("XAU / USD", "BTC / USD")
 TAIL_LINES = 40
 
 
+def dev_key(n: int) -> bytes:
+    """The private key of anvil's dev account ``n``."""
+    Account.enable_unaudited_hdwallet_features()
+    return bytes(Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{n}").key)
+
+
 def dev_address(n: int) -> str:
     Account.enable_unaudited_hdwallet_features()
     return str(Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{n}").address)
@@ -141,12 +147,13 @@ class Processes:
     def tails(self) -> str:
         return "\n".join(p.tail() for p in self.procs)
 
-    def spawn(self, name: str, args: Sequence[str]) -> Proc:
+    def spawn(self, name: str, args: Sequence[str], program: Sequence[str] = (TCHAN,)) -> Proc:
+        """Start ``tchan ARGS`` (or ``PROGRAM ARGS``) with its output in the logs directory."""
         self._count += 1
         stem = f"{self._count:02d}-{name}"
         stdout, stderr = self.logs / f"{stem}.out", self.logs / f"{stem}.err"
         with stdout.open("wb") as out, stderr.open("wb") as err:
-            process = subprocess.Popen([TCHAN, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen([*program, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         proc = Proc(name, process, stdout, stderr)
         self.procs.append(proc)
         return proc
@@ -179,12 +186,14 @@ class Processes:
         batch_seconds: float = 1.0,
         extra: Sequence[str] = (),
         name: str = "broker",
+        program: Sequence[str] = (TCHAN,),
     ) -> Proc:
+        """``tchan broker`` (or another program taking its arguments, e.g. a cheating broker)."""
         args = ["broker", *self.node_args(0), "--store", str(store), "--port", str(port or free_port())]
         for market in MARKETS:
             args += ["--market", market]
         args += ["--batch-seconds", str(batch_seconds), "--channel-deposit", str(channel_deposit), *extra]
-        return self.spawn(name, args)
+        return self.spawn(name, args, program)
 
     def wait_ready(self, broker: Proc, timeout: float = 30) -> str:
         """Wait for ``broker 0x... ready on ws://HOST:PORT``; returns the URL."""

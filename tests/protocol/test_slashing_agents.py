@@ -68,8 +68,9 @@ def test_a_broker_that_signs_two_prices_ends_with_nothing_in_any_channel(net: Ne
         first = await broker.settle_batch(GOLD)
         assert first.batch == 1 and a.state.outcomes[0].position == UNIT and b.state.outcomes[0].position == -UNIT
 
-        # batch 2: the broker signs its price, then a second one for the same batch
+        # batch 2: b buys back half from a; the broker signs its price, then a second one
         await b.place_order(GOLD, True, UNIT // 2, 1_010 * USD, 1 * USD)
+        await a.place_order(GOLD, False, UNIT // 2, 990 * USD, 1 * USD)
         second = await broker.settle_batch(GOLD)
         assert second.batch == 2 and events_of(broker, "equivocated")
 
