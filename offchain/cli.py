@@ -340,7 +340,8 @@ def _gas(args: argparse.Namespace) -> int:
         print(f"{path} is up to date")
         return 0
     gas.write_table(path, figures)
-    print(f"wrote {path}")
+    print(f"wrote {path}; the README's tables (tests/test_gas.py checks them):\n")
+    print(gas.markdown_tables(figures))
     return 0
 
 

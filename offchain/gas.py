@@ -319,6 +319,53 @@ def drift(committed: dict[str, int], measured: dict[str, int]) -> list[str]:
     return problems
 
 
+OPERATION_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("deploy adjudicator", ("deploy_adjudicator",)),
+    (
+        "first deposit (exact approval / unlimited / allowance left over)",
+        ("first_deposit", "first_deposit_unlimited_approval", "first_deposit_leftover_approval"),
+    ),
+    ("second deposit", ("second_deposit",)),
+    ("cooperative close (both parties paid)", ("cooperative_close",)),
+    ("challenge", ("challenge",)),
+    ("refute", ("refute",)),
+    ("conclude, no positions", ("conclude",)),
+    ("challenge, 3 positions", ("challenge_3_positions",)),
+    ("conclude at the oracle price, 3 positions", ("conclude_3_positions",)),
+    ("challenge, 1 open order", ("challenge_1_open_order",)),
+    ("submit evidence: 1 signed price crossing 1 open order", ("submit_evidence",)),
+    ("conclude with the order filled from evidence", ("conclude_with_evidence",)),
+    ("prove two prices (slashes the broker)", ("prove_two_prices",)),
+    ("conclude a slashed broker's channel (trader takes all)", ("conclude_slashed",)),
+    ("prove a left-out order (trader takes the channel)", ("prove_left_out_order",)),
+    ("withdraw a deferred payout", ("withdraw_deferred_payout",)),
+)
+
+BAR_ROWS: tuple[tuple[str, str], ...] = (
+    ("sad exit: challenge until both hold their tokens", "sad_exit_total"),
+    ("cooperative close until both hold their tokens", "cooperative_close_total"),
+    ("first ERC-20 deposit", "first_deposit"),
+)
+
+
+def markdown_tables(figures: dict[str, int]) -> str:
+    """The README's two gas tables (operations, then the bars beside Nitro and Raiden)."""
+    lines = ["| operation | gas |", "| --- | ---: |"]
+    for label, names in OPERATION_ROWS:
+        lines.append(f"| {label} | {' / '.join(f'{figures[n]:,}' for n in names)} |")
+    lines += [
+        "",
+        "| bar (MISSION.md) | ours | bar | Nitro | Raiden | met |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for label, name in BAR_ROWS:
+        ref, ours = REFERENCES[name], figures[name]
+        raiden = f"{ref['raiden']:,}" if "raiden" in ref else "-"
+        met = "yes" if ours < ref["bar"] else "**no**"
+        lines.append(f"| {label} | {ours:,} | < {ref['bar']:,} | {ref['nitro']:,} | {raiden} | {met} |")
+    return "\n".join(lines)
+
+
 def format_table(figures: dict[str, int]) -> str:
     lines = [f"{'operation':<40}{'gas':>10}"]
     lines += [f"{name:<40}{gas:>10,}" for name, gas in figures.items()]

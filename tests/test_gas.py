@@ -27,3 +27,9 @@ def test_drift_detection() -> None:
     assert gas.drift({"a": 1000}, {"a": 1010}) == []
     assert gas.drift({"a": 1000}, {"a": 1011}) == ["a: committed 1000, measured 1011 (+1.1%)"]
     assert gas.drift({"a": 1000}, {"b": 5}) == ["a: only in committed table", "b: only in measured table"]
+
+
+def test_readme_shows_the_committed_table() -> None:
+    """The README's gas tables are exactly what bench/gas.json says (``gas.markdown_tables``)."""
+    committed = json.loads((project_root() / gas.GAS_TABLE_PATH).read_text())["operations"]
+    assert gas.markdown_tables(committed) in (project_root() / "README.md").read_text()
