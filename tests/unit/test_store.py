@@ -596,3 +596,72 @@ def test_not_a_database_is_refused(path: Path) -> None:
     path.write_bytes(b"this is not an SQLite file at all" * 100)
     with pytest.raises(StoreCorruptError):
         SQLiteStore(path)
+
+
+# --------------------------------------------------------------------------- batch prices between two batches
+
+
+def test_batch_prices_between_returns_a_range_by_batch_then_arrival(store: Store) -> None:
+    for batch in (12, 3, 9, 10, 100, 2):  # arriving out of order; 10 and 100 sort after 9 numerically
+        store.put_batch_price(price(batch=batch, value=batch))
+    store.put_batch_price(price(batch=9, value=1, n=2))  # a second price for batch 9, stored later
+    store.put_batch_price(price(market=2, batch=5, value=5))  # another market
+    store.put_batch_price(price(batch=6, value=6, broker=addr(0x99)))  # another broker
+
+    def batches(first: int, last: int, market: int = 1, broker: str = BROKER) -> list[tuple[int, int]]:
+        return [(p.price.batch, p.price.price) for p in store.batch_prices_between(broker, market, first, last)]
+
+    assert batches(3, 10) == [(3, 3), (9, 9), (9, 1), (10, 10)]  # both ends included
+    assert batches(4, 8) == []
+    assert batches(9, 9) == [(9, 9), (9, 1)]
+    assert batches(0, U64) == [(2, 2), (3, 3), (9, 9), (9, 1), (10, 10), (12, 12), (100, 100)]
+    assert batches(11, 2) == []  # an empty range
+    assert batches(0, U64, market=2) == [(5, 5)]
+    assert batches(0, U64, market=3) == []
+    assert batches(0, U64, broker=addr(0x99)) == [(6, 6)]
+    assert batches(0, U64, broker=addr(0x98)) == []
+    # Each record is the stored one, signature included.
+    assert store.batch_prices_between(BROKER, 1, 9, 9) == [price(batch=9, value=9), price(batch=9, value=1, n=2)]
+    assert store.batch_prices_between(BROKER, 1, 9, 9) == store.batch_prices(BROKER, 1, 9)
+
+
+def test_batch_prices_between_at_the_ends_of_the_batch_numbers(store: Store) -> None:
+    store.put_batch_price(price(batch=0, value=1))
+    store.put_batch_price(price(batch=U64, value=2))
+    store.put_batch_price(price(batch=U64 - 1, value=3))
+    assert [p.price.price for p in store.batch_prices_between(BROKER, 1, 0, U64)] == [1, 3, 2]
+    assert [p.price.price for p in store.batch_prices_between(BROKER, 1, U64, U64)] == [2]
+    assert [p.price.price for p in store.batch_prices_between(BROKER, 1, 0, 0)] == [1]
+    assert [p.price.price for p in store.batch_prices_between(BROKER, 1, 1, U64 - 1)] == [3]
+
+
+def test_batch_prices_between_normalises_the_broker_and_checks_bounds(store: Store) -> None:
+    store.put_batch_price(price(batch=4))
+    assert store.batch_prices_between(BROKER.lower(), 1, 0, 10) == [price(batch=4)]
+    with pytest.raises(ValidationError):
+        store.batch_prices_between("0x1234", 1, 0, 10)
+    for market, first, last in ((2**32, 0, 1), (-1, 0, 1), (1, -1, 1), (1, 0, 2**64), (1, 2**64, 2**64)):
+        with pytest.raises(BoundsError):
+            store.batch_prices_between(BROKER, market, first, last)
+
+
+def test_batch_prices_between_sees_only_committed_writes(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        store.put_batch_price(price(batch=5))
+        assert store.batch_prices_between(BROKER, 1, 0, 10) == [price(batch=5)]  # inside: visible
+        raise RuntimeError("abort")
+    assert store.batch_prices_between(BROKER, 1, 0, 10) == []
+
+
+def test_batch_prices_between_survives_a_restart_and_reports_corrupt_rows(path: Path) -> None:
+    with SQLiteStore(path) as s:
+        s.put_batch_price(price(batch=7, value=70))
+        s.put_batch_price(price(batch=8, value=80))
+    with SQLiteStore(path) as s:
+        assert [p.price.price for p in s.batch_prices_between(BROKER, 1, 0, U64)] == [70, 80]
+    corrupt(path, "UPDATE batch_prices SET price = 'x' WHERE batch = '00000000000000000008'")
+    with SQLiteStore(path) as s:
+        assert s.batch_prices_between(BROKER, 1, 0, 7) == [price(batch=7, value=70)]
+        where = r"batch_prices \(broker .*, market 1, batch 00000000000000000008\)"
+        with pytest.raises(StoreCorruptError, match=where):
+            s.batch_prices_between(BROKER, 1, 0, 8)
