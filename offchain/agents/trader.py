@@ -101,6 +101,7 @@ class TraderAgent:
         timeout: float = 15.0,
         reconnect_delay: float = 0.2,
         watchtower: WatchtowerLink | None = None,
+        slash_check_seconds: float = 30.0,
     ) -> None:
         self.signer = signer
         self.watchtower = watchtower
@@ -109,6 +110,7 @@ class TraderAgent:
         self.url = url
         self.timeout = timeout
         self.reconnect_delay = reconnect_delay
+        self.slash_check_seconds = slash_check_seconds
         self.adjudicator = AdjudicatorClient(chain, adjudicator)
         self.domain = Domain(chain.chain_id, adjudicator)
         self.state_signer = StateSigner(signer, self.domain, log=store)
@@ -148,6 +150,7 @@ class TraderAgent:
         """Connect (and keep reconnecting) in the background; returns once welcomed."""
         self._after_change()  # a state restored from the store may already be a proof
         self._run_task = asyncio.create_task(self._run())
+        self._spawn(self._watch_slashing())
         await self._wait(lambda: self.welcome is not None and self.ws is not None, "the broker's welcome")
 
     async def stop(self) -> None:
@@ -446,6 +449,16 @@ class TraderAgent:
         except errors.BrokerAlreadySlashed:
             self.events.append(("broker_already_slashed", first.broker))
         await self.claim_if_broker_slashed()
+
+    async def _watch_slashing(self) -> None:
+        """Every ``slash_check_seconds``, look whether someone proved that the broker signed two
+        prices (perhaps with a price this trader never saw), and if so take the channel."""
+        while True:
+            await asyncio.sleep(self.slash_check_seconds)
+            try:
+                await self.claim_if_broker_slashed()
+            except TradingChannelsError as exc:  # the node is away: look again next time
+                self.events.append(("slash_check_failed", f"{exc.code}: {exc.reason}"))
 
     async def claim_if_broker_slashed(self) -> bool:
         """If the broker has been slashed, conclude this channel at once: the trader takes all of

@@ -239,6 +239,7 @@ class Net:
         party: Party | None = None,
         store: Store | None = None,
         timeout: float = 10,
+        slash_check_seconds: float = 30.0,
     ) -> TraderAgent:
         """A started trader (fresh key unless ``party``) with, unless ``flow`` is None, an open
         channel of that flow holding ``deposit``."""
@@ -250,6 +251,7 @@ class Net:
             url(broker),
             self.sb.adjudicator.address,
             timeout=timeout,
+            slash_check_seconds=slash_check_seconds,
         )
         await trader.start()
         if flow is not None:

@@ -24,7 +24,7 @@ from offchain.errors import TwoPricesError
 from offchain.model import BatchPrice
 from offchain.protocol import messages as m
 from offchain.signing import BatchPriceSigner, LocalSigner
-from offchain.store import SQLiteStore, StoredBatchPrice
+from offchain.store import MemoryStore, SQLiteStore, StoredBatchPrice
 from offchain.types import BatchNumber, MarketId, Price, Timestamp
 from tests.cheating import EquivocatingBroker, LeftOutBroker
 from tests.protocol.conftest import DOMAIN, GOLD, GOLD_PRICE, UNIT, USD, Net, eventually, fixed_key, run
@@ -67,6 +67,10 @@ def test_a_broker_that_signs_two_prices_ends_with_nothing_in_any_channel(net: Ne
         await c.place_order(GOLD, True, UNIT // 2, 950 * USD, 1 * USD)
         first = await broker.settle_batch(GOLD)
         assert first.batch == 1 and a.state.outcomes[0].position == UNIT and b.state.outcomes[0].position == -UNIT
+        # d opens a channel and goes away before the broker cheats
+        d_party, d_store = await net.party("d", TOKENS), MemoryStore()
+        d = await net.trader(broker, "cooperative", DEPOSIT, party=d_party, store=d_store)
+        await d.stop()
 
         # batch 2: b buys back half from a; the broker signs its price, then a second one
         await b.place_order(GOLD, True, UNIT // 2, 1_010 * USD, 1 * USD)
@@ -81,7 +85,16 @@ def test_a_broker_that_signs_two_prices_ends_with_nothing_in_any_channel(net: Ne
         proofs = [t for t in traders if events_of(t, "proved_two_prices")]
         assert len(proofs) >= 1
         assert all(events_of(t, "took_channel") or events_of(t, "already_concluded") for t in traders)
-        assert await net.balance(broker.address) == broker_start - 3 * BROKER_DEPOSIT
+        assert await net.balance(broker.address) == broker_start - 4 * BROKER_DEPOSIT  # d's deposit is in too
+        assert events_of(d, "two_prices") == []
+
+        # d was away and never saw the second price: back, it finds the proof on-chain and takes
+        # its channel too
+        d = await net.trader(broker, None, party=d_party, store=d_store, slash_check_seconds=0.1)
+        await took_the_channel(net, d)
+        assert events_of(d, "took_channel") and not events_of(d, "two_prices")
+        assert await net.balance(broker.address) == broker_start - 4 * BROKER_DEPOSIT
+        traders = (a, b, c, d)
 
         # nothing more is signed in a concluded channel
         party = a.party
