@@ -656,7 +656,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         view
         returns (uint256 batch, uint256 price)
     {
-        if (orderIndex >= MAX_OPEN_ORDERS) return (0, 0);
+        if (version > ChannelHashing.MAX_VERSION || orderIndex >= MAX_OPEN_ORDERS) return (0, 0);
         uint256 known = _evidence[id][(version << 8) | orderIndex];
         return (known >> 64, uint64(known));
     }
@@ -846,6 +846,10 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         Channel memory c,
         uint256 version
     ) internal returns (uint256 toTrader, bool underfunded) {
+        // An underfunded state pays every deposit back whatever it holds: no fill, no oracle.
+        if (c.traderDeposit < s.balances.traderDeposit || c.brokerDeposit < s.balances.brokerDeposit) {
+            return (c.traderDeposit, true);
+        }
         int256[] memory positions = new int256[](s.outcomes.length);
         for (uint256 i = 0; i < positions.length; ++i) {
             positions[i] = s.outcomes[i].position;

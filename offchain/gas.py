@@ -366,6 +366,19 @@ def markdown_tables(figures: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- gas tables: written by `tchan gas` from bench/gas.json -->"
+README_END = "<!-- end of gas tables -->"
+
+
+def write_readme_tables(readme: Path, figures: dict[str, int]) -> None:
+    """Replace the README's gas tables (between the two markers) with :func:`markdown_tables`."""
+    text = readme.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} has no gas-table markers")
+    readme.write_text(text[: start + len(README_BEGIN)] + "\n" + markdown_tables(figures) + "\n" + text[end:])
+
+
 def format_table(figures: dict[str, int]) -> str:
     lines = [f"{'operation':<40}{'gas':>10}"]
     lines += [f"{name:<40}{gas:>10,}" for name, gas in figures.items()]

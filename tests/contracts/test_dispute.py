@@ -571,6 +571,16 @@ def test_underfunded_position_state_returns_every_deposit(w: World) -> None:
     conclude_and_check(w, params, Payouts(TRADER_DEPOSIT, 0, underfunded=True), state)
 
 
+def test_underfunded_position_state_needs_no_oracle_price(w: World) -> None:
+    """Every deposit goes back whatever the positions: a dead feed does not delay it."""
+    market = Market(MarketId(1), dead_feed(w), OUNCE, DEFAULT_RISK_FACTOR, DEFAULT_MAX_PRICE_AGE)
+    params = w.sb.channel_params(w.trader, w.broker, (market,))
+    state = position_state(params, 1, TRADER_DEPOSIT, BROKER_DEPOSIT, (OUNCE,), 2_000 * USD)
+    w.fund(params, TRADER_DEPOSIT, 0)
+    challenge_and_wait(w, params, w.sign(state))
+    conclude_and_check(w, params, Payouts(TRADER_DEPOSIT, 0, underfunded=True), state)
+
+
 # --------------------------------------------------------------------------- positions at the oracle price
 
 
