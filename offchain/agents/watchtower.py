@@ -14,6 +14,8 @@ and acts for every guarded channel:
 - once the deadline has passed (by the latest block's time or by the wall clock), it concludes;
 - a channel whose broker has been slashed is concluded at once with ``concludeSlashed``; two
   different prices signed for one batch are proven with ``proveTwoPrices`` first;
+- a co-signed state that, with the broker's signed prices, proves a crossed order was left out
+  is proven with ``proveLeftOutOrder`` (the trader takes the channel);
 - after conclusion it withdraws the trader's and the broker's deferred payouts, if any.
 
 Every action is simulated before it is sent (:class:`offchain.chain.connection.Transactor`); a
@@ -47,6 +49,7 @@ from offchain.chain import errors as ce
 from offchain.chain.client import AdjudicatorClient, OnChainChannel, RegistrationKind, Stage
 from offchain.chain.connection import Chain, Transactor
 from offchain.eip712 import Domain
+from offchain.engine.slashing import left_out_orders
 from offchain.errors import ContractError, SignatureError, TradingChannelsError, ValidationError
 from offchain.model import MAX_AMOUNT, BatchPrice, ChannelParams, ChannelState, check_address, check_state
 from offchain.protocol import messages as m
@@ -104,6 +107,7 @@ class _Guarded:
     newest: CoSignedState
     registered: CoSignedState | None = None
     evidence_checked: tuple[int, int, int] | None = None
+    left_out_checked: tuple[int, int] | None = None  # (newest version, price generation) looked at
     searched: tuple[int, int] | None = None  # a registration searched for in vain
     reported: set[str] = field(default_factory=set)
 
@@ -412,6 +416,14 @@ class Watchtower:
             active = [cid for cid, g in self._channels.items() if not g.done]
             hot = set(self._hot)
         targets = active if sweep else [cid for cid in active if cid in hot or cid in affected]
+        for cid in active:
+            if self._stopping:
+                return
+            try:
+                if self._prove_left_out(self._channels[cid]):
+                    targets = [t for t in targets if t != cid]
+            except ContractError as exc:
+                self._event("failed", f"{_hex(cid)}: {exc.code}: {exc.reason}")
         for cid in targets:
             if self._stopping:
                 return
@@ -542,6 +554,36 @@ class Watchtower:
                     self._mark_slashed(broker, int(self.chain.now()))
                     self._hot |= {cid for cid, g in self._channels.items() if g.params.broker == broker}
             self.store.put_meta(PROOFS, key, None)
+
+    def _prove_left_out(self, g: _Guarded) -> bool:
+        """If the newest co-signed state, with the broker's signed prices we hold, proves that the
+        broker left out a crossed order, prove it on-chain: the trader takes the channel. Looked
+        at again only when a newer state or a new price arrives. True if the channel concluded."""
+        key = (int(g.newest.state.version), self._price_generation.get(g.params.broker, 0))
+        if g.left_out_checked == key:
+            return False
+        broker = g.params.broker
+        proofs = left_out_orders(
+            g.params,
+            g.newest.state,
+            lambda market, first, last: self.store.batch_prices_between(broker, market, first, last),
+            int(self.chain.now()),
+        )
+        g.left_out_checked = key
+        if not proofs:
+            return False
+        proof = proofs[0]
+        try:
+            self.adjudicator.prove_left_out_order(
+                self.transactor, g.params, g.newest, proof.index, (proof.price.price, proof.price.signature)
+            )
+        except ce.ChannelConcluded:
+            pass
+        else:
+            nonce, batch = proof.open_order.order.nonce, proof.price.price.batch
+            self._event("proved_left_out_order", f"{_hex(g.channel_id)}: order {nonce} crossed by batch {batch}")
+        self._finish(g)
+        return True
 
     # ------------------------------------------------------------------ acting on one channel
 

@@ -351,6 +351,27 @@ def test_two_prices_for_one_batch_are_proven_and_the_channel_concluded(w: World)
     assert kinds(wt).index("proved_two_prices") < kinds(wt).index("concluded_slashed")
 
 
+def test_a_state_that_leaves_a_crossed_order_out_is_proven_and_the_trader_takes_the_channel(w: World) -> None:
+    """The newest state reflects batch 2 while holding a buy at <= $2,000 that batch 1's $1,990
+    crossed: proven as soon as the watchtower holds both, whichever comes first."""
+    params = w.open_channel(markets=1)
+    wt = tower(w)
+    wt.guard(params, w.sign(with_open_buy(w, params, 3, last_batch=2)))
+    wt.poll()
+    assert status(w, params).stage == Stage.OPEN and "proved_left_out_order" not in kinds(wt)
+    at_the_limit = signed_price(w, GOLD_ID, 2, 2_000 * USD)  # exactly at the limit: may be rationed, no proof
+    assert wt.add_price(w.broker.address, *at_the_limit)
+    wt.poll()
+    assert status(w, params).stage == Stage.OPEN and "proved_left_out_order" not in kinds(wt)
+    assert wt.add_price(w.broker.address, *signed_price(w, GOLD_ID, 1, 1_990 * USD))
+    trader_before = w.balance(w.trader)
+    wt.poll()
+    assert status(w, params).stage == Stage.CONCLUDED
+    assert w.balance(w.trader) - trader_before == TOTAL
+    assert ("proved_left_out_order", f"0x{params.channel_id.hex()}: order 3 crossed by batch 1") in wt.events
+    assert "done" in kinds(wt)
+
+
 def test_a_deferred_payout_is_withdrawn_once_the_token_pays(w: World) -> None:
     deployed = deploy_contract(w.sb.deployer.transactor, "BlacklistToken")
     token = w.chain.w3.eth.contract(address=deployed.address, abi=load_artifact("BlacklistToken")["abi"])
