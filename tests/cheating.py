@@ -52,8 +52,8 @@ class EquivocatingBroker(BrokerAgent):
 
 
 class LeftOutBroker(BrokerAgent):
-    """Leaves the orders of ``leave_out`` ((channel id, nonce) pairs) out of its Trades, as long as
-    another fill keeps the channel's Trade going, and skips its own guard against doing so."""
+    """Leaves the orders of ``leave_out`` ((channel id, nonce) pairs) out of its Trades, and skips
+    its own guard against doing so. A channel left with no fill gets no Trade at all."""
 
     leave_out: frozenset[tuple[bytes, int]] = frozenset()
 
@@ -62,7 +62,8 @@ class LeftOutBroker(BrokerAgent):
         out = {}
         for channel_id, trade in trades.items():
             kept = tuple(f for f in trade.fills if (channel_id, f.nonce) not in self.leave_out)
-            out[channel_id] = Trade(trade.batch_price, kept or trade.fills, trade.now, trade.marks)
+            if kept:
+                out[channel_id] = Trade(trade.batch_price, kept, trade.now, trade.marks)
         return out
 
     def _would_apply(self, channel_id: bytes, trade: Trade, now: int) -> bool:

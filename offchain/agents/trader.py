@@ -29,11 +29,12 @@ from offchain.chain.connection import Chain, Transactor
 from offchain.eip712 import Domain
 from offchain.engine.channel import AccountDeposits, CancelOrder, Channel, CreateOrder, Finalize, Trade
 from offchain.engine.slashing import LeftOutOrder, left_out_orders, two_prices
-from offchain.errors import ChainError, ContractError, SignatureError, TradingChannelsError
+from offchain.errors import ChainError, ContractError, SignatureError, TradingChannelsError, ValidationError
 from offchain.model import BatchPrice, ChannelParams, ChannelState, OpenOrder, Order
 from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
 from offchain.protocol.party import COOPERATIVE, ENDED, SERVER_INITIATIVE, TRADER, ChannelParty
+from offchain.settlement import evidence_crosses
 from offchain.signing import CoSignedState, LocalSigner, StateSigner, verify
 from offchain.store import Store, StoredBatchPrice, StoredOrder
 from offchain.types import (
@@ -136,6 +137,7 @@ class TraderAgent:
         self._run_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._checked_version = -1  # the co-signed version last checked for left-out orders
+        self.expected_fills: dict[tuple[int, int], list[Nonce]] = {}  # (market, batch) -> crossed orders
         for record in store.channels():
             self.party = ChannelParty.load(store, self.state_signer, record.channel_id)
         self._load_marks()
@@ -381,6 +383,7 @@ class TraderAgent:
                 self.conflicts.append((other, record))
                 self.events.append(("two_prices", f"market {price.market} batch {price.batch}"))
                 self._spawn(self.prove_two_prices(other, record))
+            self._check_own_orders(price)
         if price.batch >= self.mark_batches.get(price.market, 0):
             self.mark_batches[price.market] = price.batch
             self.marks[price.market] = price.price
@@ -402,6 +405,41 @@ class TraderAgent:
             party.on_yield(m.Yield(party.channel_id, party.state.version))
 
     # ------------------------------------------------------------------ holding the broker to its prices
+
+    def _check_own_orders(self, price: BatchPrice) -> None:
+        """Check a new price against our own open orders. An order it crosses must be filled by
+        the Trade of that batch, before the next batch of the market is priced; one still open
+        then, with no Trade pending, was left out without a co-signed state to prove it. That is
+        reported (``not_filled``): the signed price is kept, and handed to the watchtower, as
+        evidence that fills the order in a dispute."""
+        party = self.party
+        if party is None:
+            return
+        for (market, batch), nonces in list(self.expected_fills.items()):
+            if market != price.market or batch >= price.batch:
+                continue
+            del self.expected_fills[(market, batch)]
+            open_now = {o.order.nonce for o in party.co_signed.state.open_orders}
+            missed = [n for n in nonces if n in open_now]
+            if missed and party.pending is None:
+                self.events.append(
+                    (
+                        "not_filled",
+                        f"order(s) {', '.join(map(str, missed))} crossed by batch {batch} of market {market} got no "
+                        "trade: the signed price is evidence for a dispute",
+                    )
+                )
+        state = party.co_signed.state
+        try:
+            crossed = [
+                o.order.nonce
+                for i, o in enumerate(state.open_orders)
+                if evidence_crosses(party.params, state, i, price)
+            ]
+        except ValidationError:  # a market outside the channel crosses nothing of ours
+            return
+        if crossed:
+            self.expected_fills[(price.market, price.batch)] = crossed
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from offchain.agents.broker import BrokerAgent, BrokerConfig
 from offchain.agents.common import on_chain, sign_login
-from offchain.agents.trader import TraderAgent
+from offchain.agents.trader import TraderAgent, WatchtowerLink
 from offchain.chain.client import OnChainChannel
 from offchain.chain.connection import Chain, in_process_chain
 from offchain.eip712 import Domain
@@ -240,6 +240,7 @@ class Net:
         store: Store | None = None,
         timeout: float = 10,
         slash_check_seconds: float = 30.0,
+        watchtower: WatchtowerLink | None = None,
     ) -> TraderAgent:
         """A started trader (fresh key unless ``party``) with, unless ``flow`` is None, an open
         channel of that flow holding ``deposit``."""
@@ -252,6 +253,7 @@ class Net:
             self.sb.adjudicator.address,
             timeout=timeout,
             slash_check_seconds=slash_check_seconds,
+            watchtower=watchtower,
         )
         await trader.start()
         if flow is not None:

@@ -17,12 +17,15 @@ from pathlib import Path
 import pytest
 
 from offchain.agents.broker import BrokerAgent
+from offchain.agents.common import on_chain
 from offchain.agents.trader import TraderAgent
+from offchain.agents.watchtower import Watchtower, WatchtowerClient, WatchtowerConfig
 from offchain.chain.client import Stage
 from offchain.engine.channel import Trade
 from offchain.errors import TwoPricesError
 from offchain.model import BatchPrice
 from offchain.protocol import messages as m
+from offchain.settlement import Evidence, OraclePrice, evidence_fill, payouts
 from offchain.signing import BatchPriceSigner, LocalSigner
 from offchain.store import MemoryStore, SQLiteStore, StoredBatchPrice
 from offchain.types import BatchNumber, MarketId, Price, Timestamp
@@ -186,3 +189,65 @@ def test_the_price_signer_refuses_a_second_price_even_after_a_restart(tmp_path: 
     next_batch = BatchPrice(MarketId(GOLD), BatchNumber(8), Price(GOLD_PRICE + 1))
     assert prices.sign_price(next_batch)  # another batch is another matter
     store.close()
+
+
+def test_a_trade_withheld_by_the_broker_is_filled_from_evidence_by_the_watchtower(net: Net) -> None:
+    """The broker prices batch 1 across a's bid but never proposes a's Trade (so no co-signed
+    state proves anything). a notices once batch 2 is priced; a disputes with its newest state and
+    its watchtower, which holds the signed price, submits it as evidence: at conclusion the order
+    fills at batch 1's price, as the batch said."""
+
+    async def body() -> None:
+        broker = await net.broker(cls=LeftOutBroker, channel_deposit=BROKER_DEPOSIT)
+        assert isinstance(broker, LeftOutBroker)
+        keeper = await net.party("watchtower", 0)
+        wt = Watchtower(keeper.signer, MemoryStore(), net.chain, net.sb.adjudicator.address, WatchtowerConfig(port=0))
+        await wt.start()
+        client = WatchtowerClient(f"ws://127.0.0.1:{wt.port}", reconnect_delay=0.05)
+        await client.start()
+        a = await net.trader(broker, "cooperative", DEPOSIT, tokens=TOKENS, watchtower=client)
+        b = await net.trader(broker, "server_initiative", DEPOSIT, tokens=TOKENS)
+        bid = await a.place_order(GOLD, True, UNIT, 2_010 * USD, 5 * USD)
+        await b.place_order(GOLD, False, UNIT, 1_990 * USD, 5 * USD)
+        broker.leave_out = frozenset({(bytes(a.channel_id), bid)})
+
+        price = await broker.settle_batch(GOLD)
+        assert a.state.open_orders[0].order.nonce == bid  # no trade for a
+        await broker.settle_batch(GOLD)
+        await a.wait_until(lambda: bool(events_of(a, "not_filled")), "a to notice")
+        (notice,) = events_of(a, "not_filled")
+        assert notice.startswith(f"order(s) {bid} crossed by batch 1 of market {GOLD} got no trade")
+        await client.flush(10)
+
+        party = a.party
+        assert party is not None
+        signed, params = party.co_signed, party.params
+        await on_chain(net.chain, net.sb.adjudicator.challenge, a.transactor, params, signed)
+        await wt.run_once()
+        assert net.sb.adjudicator.evidence(params.channel_id, signed.state) == {0: Evidence(1, price.price)}
+
+        before = await net.balance(a.address)
+        await on_chain(net.chain, net.chain.increase_time, params.challenge_duration + 1)
+        await on_chain(net.chain, net.sb.push_price, "XAU / USD", 2_000 * 10**8)
+        await wt.run_once()  # (unless its own loop was quicker)
+        status = await net.party_status(a)
+        assert status.stage == Stage.CONCLUDED
+        expected = payouts(
+            params,
+            signed.state,
+            DEPOSIT,
+            BROKER_DEPOSIT,
+            {GOLD: OraclePrice(2_000 * 10**8, 8)},
+            6,
+            evidence={0: Evidence(1, price.price)},
+        )
+        fill = evidence_fill(signed.state.open_orders[0], price.price, UNIT)
+        assert fill.amount == UNIT and fill.collateral == price.price  # the whole order at batch 1's price
+        assert await net.balance(a.address) - before == expected.to_trader
+        await client.stop()
+        await wt.stop()
+        await a.stop()
+        await b.stop()
+        await broker.stop()
+
+    run(body(), timeout=60)
