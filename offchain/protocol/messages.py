@@ -10,9 +10,9 @@ is stored or signed before a message has passed it. :func:`encode` is its invers
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from offchain.engine.channel import (
     AccountDeposits,
@@ -48,6 +48,8 @@ from offchain.types import (
     Timestamp,
     TokenAmount,
 )
+
+T = TypeVar("T")
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20
@@ -433,8 +435,9 @@ def encode(message: Message) -> str:
 # --------------------------------------------------------------------------- parse
 
 
-def parse(raw: str | bytes) -> Message:
-    """Validate ``raw`` in full and return the typed message; ProtocolError otherwise."""
+def load_frame(raw: str | bytes) -> object:
+    """The JSON value of one frame, within the size and nesting bounds; ProtocolError otherwise.
+    (The frame checks of every wire format here: this one and the watchtower's.)"""
     size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
     if size > MAX_MESSAGE_BYTES:
         raise ProtocolError(INVALID_MESSAGE, f"message larger than {MAX_MESSAGE_BYTES} bytes")
@@ -444,33 +447,58 @@ def parse(raw: str | bytes) -> Message:
     if brackets > MAX_BRACKETS:
         raise ProtocolError(INVALID_MESSAGE, f"more than {MAX_BRACKETS} arrays and objects")
     try:
-        data = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(INVALID_MESSAGE, "not JSON") from exc
-    return from_json(data)
 
 
-def from_json(data: object) -> Message:
+def envelope(data: object) -> dict[str, Any]:
+    """``data`` as a message object of this protocol version (``{"v": 1, ...}``)."""
     if not isinstance(data, dict):
         raise ProtocolError(INVALID_MESSAGE, "a message is a JSON object")
     if type(data.get("v")) is not int or data.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(UNSUPPORTED_VERSION, f"protocol version must be {PROTOCOL_VERSION}, got {data.get('v')!r}")
+    return data
+
+
+def decode_with(data: dict[str, Any], parsers: Mapping[str, Callable[[dict[str, Any], str], T]]) -> T:
+    """The typed message of a message object, by the parser of its ``type``; every failure of
+    the parser becomes a ProtocolError (``invalid_message`` unless the parser chose a code)."""
     kind = data.get("type")
-    parser = _PARSERS.get(kind) if isinstance(kind, str) else None
+    parser = parsers.get(kind) if isinstance(kind, str) else None
     if parser is None:
         raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind!r}")
     message_id = data.get("id", "")
     if not isinstance(message_id, str) or len(message_id) > MAX_ID_LENGTH:
         raise ProtocolError(INVALID_MESSAGE, f"id must be a string of at most {MAX_ID_LENGTH} characters")
     try:
-        message: Message = parser(data, message_id)
-        return message
+        return parser(data, message_id)
     except ProtocolError:
         raise
     except TradingChannelsError as exc:
         raise ProtocolError(INVALID_MESSAGE, exc.reason) from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProtocolError(INVALID_MESSAGE, f"malformed {kind}: {exc}") from exc
+
+
+def message_id_of(raw: str | bytes) -> str:
+    """The ``id`` of a frame that failed to parse, if it can be read (for the error reply)."""
+    try:
+        data = load_frame(raw)
+    except ProtocolError:
+        return ""
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and len(value) <= MAX_ID_LENGTH else ""
+
+
+def parse(raw: str | bytes) -> Message:
+    """Validate ``raw`` in full and return the typed message; ProtocolError otherwise."""
+    return from_json(load_frame(raw))
+
+
+def from_json(data: object) -> Message:
+    message: Message = decode_with(envelope(data), _PARSERS)
+    return message
 
 
 def _channel_id(obj: dict[str, Any]) -> ChannelId:

@@ -32,15 +32,17 @@ from offchain.protocol.messages import (
     BAD_SIGNATURE,
     CHANNEL_CLOSED,
     INVALID_MESSAGE,
-    MAX_BRACKETS,
     MAX_ID_LENGTH,
-    MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     UNKNOWN_CHANNEL,
     UNKNOWN_TYPE,
     UNSUPPORTED_VERSION,
     ErrorReply,
     ProtocolError,
+    decode_with,
+    envelope,
+    load_frame,
+    message_id_of,
 )
 from offchain.protocol.messages import from_json as protocol_from_json
 from offchain.protocol.messages import to_json as protocol_to_json
@@ -187,60 +189,17 @@ def encode(message: WatchMessage) -> str:
 
 def parse(raw: str | bytes) -> WatchMessage:
     """Validate ``raw`` in full and return the typed message; ProtocolError otherwise."""
-    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
-    if size > MAX_MESSAGE_BYTES:
-        raise ProtocolError(INVALID_MESSAGE, f"message larger than {MAX_MESSAGE_BYTES} bytes")
-    brackets = raw.count("[") + raw.count("{") if isinstance(raw, str) else raw.count(b"[") + raw.count(b"{")
-    if brackets > MAX_BRACKETS:
-        raise ProtocolError(INVALID_MESSAGE, f"more than {MAX_BRACKETS} arrays and objects")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ProtocolError(INVALID_MESSAGE, "not JSON") from exc
-    return from_json(data)
+    return from_json(load_frame(raw))
 
 
 def from_json(data: object) -> WatchMessage:
-    if not isinstance(data, dict):
-        raise ProtocolError(INVALID_MESSAGE, "a message is a JSON object")
-    if type(data.get("v")) is not int or data.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(UNSUPPORTED_VERSION, f"protocol version must be {PROTOCOL_VERSION}, got {data.get('v')!r}")
-    kind = data.get("type")
-    if kind == "error":
-        reply = protocol_from_json(data)
+    obj = envelope(data)
+    if obj.get("type") == "error":
+        reply = protocol_from_json(obj)
         assert isinstance(reply, ErrorReply)
         return reply
-    parser = _PARSERS.get(kind) if isinstance(kind, str) else None
-    if parser is None:
-        raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind!r}")
-    message_id = data.get("id", "")
-    if not isinstance(message_id, str) or len(message_id) > MAX_ID_LENGTH:
-        raise ProtocolError(INVALID_MESSAGE, f"id must be a string of at most {MAX_ID_LENGTH} characters")
-    try:
-        message: WatchMessage = parser(data, message_id)
-        return message
-    except ProtocolError:
-        raise
-    except TradingChannelsError as exc:
-        raise ProtocolError(INVALID_MESSAGE, exc.reason) from exc
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ProtocolError(INVALID_MESSAGE, f"malformed {kind}: {exc}") from exc
-
-
-def message_id_of(raw: str | bytes) -> str:
-    """The ``id`` of a frame that failed to parse, if it can be read (for the error reply)."""
-    brackets = raw.count("[") + raw.count("{") if isinstance(raw, str) else raw.count(b"[") + raw.count(b"{")
-    if len(raw) > MAX_MESSAGE_BYTES or brackets > MAX_BRACKETS:
-        return ""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return ""
-    if isinstance(data, dict):
-        value = data.get("id")
-        if isinstance(value, str) and len(value) <= MAX_ID_LENGTH:
-            return value
-    return ""
+    message: WatchMessage = decode_with(obj, _PARSERS)
+    return message
 
 
 def _bounded(obj: dict[str, Any], key: str, high: int) -> int:
