@@ -11,8 +11,6 @@ channel's holdings. Each example rolls the chain back itself.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -40,6 +38,7 @@ from tests.contracts.test_evidence import (
     order_state,
     signed_price,
 )
+from tests.contracts.test_payout_property import in_fresh_thread
 
 PROPERTY_SETTINGS = settings(max_examples=15, deadline=None)
 
@@ -117,24 +116,6 @@ def build(w: World, params: ChannelParams, sc: Scenario, challenge_at: int) -> C
         )
         open_orders.append(open_order(w, order, filled=filled[spec.filled](spec.size), first_batch=spec.first_batch))
     return order_state(params, 7, open_orders, last_batches=(sc.last_batch,))
-
-
-def in_fresh_thread(body: Callable[[], None]) -> None:
-    """Run ``body`` on a new thread (with a shallow stack: py-evm runs much faster there than
-    under hypothesis's deep one, see test_payout_property.py) and re-raise what it raised."""
-    raised: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            body()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller below
-            raised.append(exc)
-
-    thread = threading.Thread(target=target, name="evidence-example")
-    thread.start()
-    thread.join()
-    if raised:
-        raise raised[0]
 
 
 def run_dispute(w: World, sc: Scenario, labels: list[str]) -> None:
