@@ -788,9 +788,7 @@ class Watchtower:
         except (ce.ChannelConcluded, ce.ChannelNotDisputed):
             pass
         else:
-            concluded = self.adjudicator.events(receipt, "Concluded")
-            detail = ", ".join(f"trader {e['toTrader']}, broker {e['toBroker']}" for e in concluded)
-            self._event("concluded", f"{_hex(cid)}: {detail}")
+            self._event("concluded", f"{_hex(cid)}: {self._payouts_of(receipt)}")
         self._finish(g)
 
     def _conclude_slashed(self, g: _Guarded) -> None:
@@ -805,10 +803,12 @@ class Watchtower:
                 self.store.put_meta(SLASHED, g.params.broker, None)
             return
         else:
-            concluded = self.adjudicator.events(receipt, "Concluded")
-            detail = ", ".join(f"trader {e['toTrader']}, broker {e['toBroker']}" for e in concluded)
-            self._event("concluded_slashed", f"{_hex(cid)}: {detail}")
+            self._event("concluded_slashed", f"{_hex(cid)}: {self._payouts_of(receipt)}")
         self._finish(g)
+
+    def _payouts_of(self, receipt: Any) -> str:
+        concluded = self.adjudicator.events(receipt, "Concluded")
+        return ", ".join(f"trader {e['toTrader']}, broker {e['toBroker']}" for e in concluded)
 
     def _finish(self, g: _Guarded) -> None:
         """After conclusion: withdraw what the token refused to pay the trader and the broker,

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,7 +28,6 @@ from tests.e2e.trading_helpers import (
     NETWORK,
     USD,
     XAU,
-    Proc,
     Processes,
     balances,
     dev_address,
@@ -41,6 +38,7 @@ from tests.e2e.trading_helpers import (
     units,
     wait_all,
     wait_filled,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
@@ -49,14 +47,6 @@ TRADER_DEPOSIT = 5_000 * USD
 BROKER_DEPOSIT = 20_000 * USD
 CHEATING_BROKER = (sys.executable, "-m", "tests.cheating")
 WATCHTOWER = 5  # anvil dev account of the trader's watchtower
-
-
-def wait_for(predicate: Callable[[], bool], what: str, proc: Proc, timeout: float = 45) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline or proc.process.poll() is not None:
-            raise AssertionError(f"timed out waiting for {what}\n{proc.tail()}")
-        time.sleep(0.1)
 
 
 WAIT_CONCLUDED = {"wait_concluded": {"timeout": "90"}}
@@ -154,11 +144,11 @@ def test_a_broker_that_challenges_with_a_stale_state_loses_to_the_traders_watcht
         def status() -> OnChainChannel:
             return adjudicator.status(channel_id)
 
-        wait_for(lambda: status().registered_version == newest.state.version, "the watchtower's refute", watchtower)
+        wait_until(lambda: status().registered_version == newest.state.version, "the watchtower's refute", watchtower)
         chain.increase_time(status().deadline - chain.now())
         gold = PriceFeedClient(chain, deployment.feeds()["XAU / USD"])
         gold.push(rogue, 2_100 * 10**8)  # a fresh answer for the settlement: gold rose to $2,100
-        wait_for(lambda: status().stage == Stage.CONCLUDED, "the watchtower's conclusion", watchtower)
+        wait_until(lambda: status().stage == Stage.CONCLUDED, "the watchtower's conclusion", watchtower)
 
         expected = payouts(
             params,

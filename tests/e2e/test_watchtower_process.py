@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from offchain.model import ChannelParams
 from offchain.sandbox import plain_state
 from offchain.signing import CoSignedState, LocalSigner, StateSigner, co_sign
 from offchain.types import Address
-from tests.e2e.trading_helpers import MINT, NETWORK, USD, Proc, Processes, dev_address, dev_key, stop
+from tests.e2e.trading_helpers import MINT, NETWORK, USD, Proc, Processes, dev_address, dev_key, stop, wait_until
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 
@@ -30,14 +28,6 @@ TRADER, BROKER, WATCHTOWER = 1, 2, 5
 TRADER_DEPOSIT = 1_000 * USD
 BROKER_DEPOSIT = 4_000 * USD
 DURATION = 3600  # the shortest challenge duration the adjudicator allows
-
-
-def wait_until(predicate: Callable[[], bool], what: str, proc: Proc, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline or proc.process.poll() is not None:
-            raise AssertionError(f"timed out waiting for {what}\n{proc.tail()}")
-        time.sleep(0.1)
 
 
 class Channel:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -232,6 +232,16 @@ def stop(proc: Proc, sig: int = signal.SIGINT, grace: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.process.kill()
         proc.process.wait()
+
+
+def wait_until(predicate: Callable[[], bool], what: str, proc: Proc, timeout: float = 45) -> None:
+    """Poll ``predicate`` until it holds; fail with ``proc``'s log tail if it does not in time or
+    ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline or proc.process.poll() is not None:
+            raise AssertionError(f"timed out waiting for {what}\n{proc.tail()}")
+        time.sleep(0.1)
 
 
 def wait_all(procs: Sequence[Proc], timeout: float) -> None:
