@@ -192,6 +192,8 @@ def _trader(args: argparse.Namespace) -> int:
     from offchain.store import open_store
 
     steps = load_script(args.script)
+    if args.watchtower is not None and not args.watchtower.startswith(("ws://", "wss://")):
+        raise ValidationError(f"--watchtower must be a ws:// or wss:// URL, got {args.watchtower!r}")
     chain_obj, deployment_obj = _load_deployment_for(args)
     assert isinstance(chain_obj, Chain) and isinstance(deployment_obj, Deployment)
     chain, deployment = chain_obj, deployment_obj

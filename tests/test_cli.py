@@ -33,6 +33,19 @@ def test_trader_help_offers_a_watchtower() -> None:
     assert "--watchtower WS_URL" in run.stdout
 
 
+def test_a_watchtower_that_is_not_a_websocket_url_is_one_clear_line(tmp_path: Path) -> None:
+    script = tmp_path / "script.json"
+    script.write_text('[{"sleep": {"seconds": "0"}}]')
+    run = tchan(
+        "trader", "--rpc", "http://127.0.0.1:9", "--network", "local", "--broker-url", "ws://127.0.0.1:9",
+        "--script", str(script), "--watchtower", "http://127.0.0.1:8766",
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.strip() == (
+        "tchan: invalid_input: --watchtower must be a ws:// or wss:// URL, got 'http://127.0.0.1:8766'"
+    )
+
+
 def test_compile_check_passes_on_the_committed_artifacts() -> None:
     run = tchan("compile", "--check")
     assert run.returncode == 0, run.stdout + run.stderr
