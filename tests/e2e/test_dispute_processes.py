@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from offchain.chain.client import AdjudicatorClient, OnChainChannel, PriceFeedClient, Stage, TokenClient
+from offchain.chain.client import OnChainChannel, PriceFeedClient, Stage
 from offchain.chain.connection import Transactor, rpc_chain
-from offchain.chain.deploy import load_deployment
 from offchain.localnet import Anvil
 from offchain.settlement import OraclePrice, payouts
 from offchain.signing import CoSignedState
@@ -25,7 +24,6 @@ from offchain.store import open_store
 from offchain.types import Address, ChannelId
 from tests.e2e.trading_helpers import (
     MINT,
-    NETWORK,
     USD,
     XAU,
     Processes,
@@ -57,9 +55,7 @@ def test_trader_processes_slash_a_broker_process_that_signs_two_prices(anvil: An
     with Processes(tmp_path / "logs", anvil.url, deployments) as procs:
         procs.deploy()
         chain = rpc_chain(anvil.url)
-        deployment = load_deployment(deployments, NETWORK, expected_chain_id=chain.chain_id)
-        adjudicator = AdjudicatorClient(chain, deployment.adjudicator)
-        token = TokenClient(chain, deployment.token)
+        deployment, adjudicator, token = procs.contracts(chain)
         broker = procs.broker(
             tmp_path / "broker.db",
             channel_deposit=BROKER_DEPOSIT,
@@ -95,9 +91,7 @@ def test_a_broker_that_challenges_with_a_stale_state_loses_to_the_traders_watcht
     with Processes(tmp_path / "logs", anvil.url, deployments) as procs:
         procs.deploy()
         chain = rpc_chain(anvil.url)
-        deployment = load_deployment(deployments, NETWORK, expected_chain_id=chain.chain_id)
-        adjudicator = AdjudicatorClient(chain, deployment.adjudicator)
-        token = TokenClient(chain, deployment.token)
+        deployment, adjudicator, token = procs.contracts(chain)
         store_args = ["--store", str(tmp_path / "wt.db"), "--port", "0", "--poll-seconds", "0.2"]
         watchtower = procs.spawn("watchtower", ["watchtower", *procs.node_args(WATCHTOWER), *store_args])
         watchtower_url = procs.wait_ready(watchtower)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from offchain.chain.client import AdjudicatorClient, Stage, TokenClient
+from offchain.chain.client import AdjudicatorClient, Stage
 from offchain.chain.connection import rpc_chain
 from offchain.chain.deploy import load_deployment
 from offchain.localnet import ANVIL_CHAIN_ID, Anvil, free_port
@@ -163,9 +163,7 @@ def test_broker_and_four_trader_processes_trade_and_close_on_anvil(anvil: Anvil,
     deployments = tmp_path / "deployments"
     with Processes(tmp_path / "logs", anvil.url, deployments) as procs:
         procs.deploy()
-        deployment = load_deployment(deployments, NETWORK, expected_chain_id=ANVIL_CHAIN_ID)
-        adjudicator = AdjudicatorClient(chain, deployment.adjudicator)
-        token = TokenClient(chain, deployment.token)
+        _deployment, adjudicator, token = procs.contracts(chain)
         accounts = (0, 1, 2, 3, 4)
         assert balances(token, accounts) == dict.fromkeys(accounts, MINT)
 
@@ -269,9 +267,7 @@ def test_broker_restarts_on_its_store_and_the_channel_closes(anvil: Anvil, tmp_p
     deployments = tmp_path / "deployments"
     with Processes(tmp_path / "logs", anvil.url, deployments) as procs:
         procs.deploy()
-        deployment = load_deployment(deployments, NETWORK, expected_chain_id=ANVIL_CHAIN_ID)
-        adjudicator = AdjudicatorClient(chain, deployment.adjudicator)
-        token = TokenClient(chain, deployment.token)
+        _deployment, adjudicator, token = procs.contracts(chain)
 
         broker_store, trader_store = tmp_path / "broker.db", tmp_path / "trader.db"
         port = free_port()

@@ -14,13 +14,12 @@ import pytest
 from offchain.agents.watchtower import WatchtowerClient
 from offchain.chain.client import AdjudicatorClient, OnChainChannel, Stage, TokenClient
 from offchain.chain.connection import Chain, Transactor, rpc_chain
-from offchain.chain.deploy import load_deployment
-from offchain.localnet import ANVIL_CHAIN_ID, Anvil, free_port
+from offchain.localnet import Anvil, free_port
 from offchain.model import ChannelParams
 from offchain.sandbox import plain_state
 from offchain.signing import CoSignedState, LocalSigner, StateSigner, co_sign
 from offchain.types import Address
-from tests.e2e.trading_helpers import MINT, NETWORK, USD, Proc, Processes, dev_address, dev_key, stop, wait_until
+from tests.e2e.trading_helpers import MINT, USD, Proc, Processes, dev_address, dev_key, stop, wait_until
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 
@@ -90,9 +89,7 @@ def test_the_watchtower_process_refutes_and_concludes_on_its_own(anvil: Anvil, t
     deployments = tmp_path / "deployments"
     with Processes(tmp_path / "logs", anvil.url, deployments) as procs:
         procs.deploy()
-        deployment = load_deployment(deployments, NETWORK, expected_chain_id=ANVIL_CHAIN_ID)
-        adjudicator = AdjudicatorClient(chain, deployment.adjudicator)
-        token = TokenClient(chain, deployment.token)
+        _deployment, adjudicator, token = procs.contracts(chain)
         store, port = tmp_path / "wt.db", free_port()
         args = ["watchtower", *procs.node_args(WATCHTOWER), "--store", str(store), "--port", str(port)]
         args += ["--poll-seconds", "0.2"]

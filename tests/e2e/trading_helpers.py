@@ -20,6 +20,7 @@ from eth_account import Account
 
 from offchain.chain.client import AdjudicatorClient, TokenClient
 from offchain.chain.connection import Chain
+from offchain.chain.deploy import Deployment, load_deployment
 from offchain.localnet import free_port
 from offchain.model import ChannelState
 from offchain.store import open_store
@@ -176,6 +177,12 @@ class Processes:
             args += ["--feed", feed]
         proc = self.spawn("deploy", args)
         assert proc.wait(timeout) == 0, proc.tail()
+
+    def contracts(self, chain: Chain) -> tuple[Deployment, AdjudicatorClient, TokenClient]:
+        """The deployment written by :meth:`deploy` (checked against the node's chain id) and
+        clients of its adjudicator and test token."""
+        deployment = load_deployment(self.deployments, NETWORK, expected_chain_id=chain.chain_id)
+        return deployment, AdjudicatorClient(chain, deployment.adjudicator), TokenClient(chain, deployment.token)
 
     def broker(
         self,

@@ -29,10 +29,8 @@ from offchain.agents.watchtower import (
     WatchtowerTimeout,
     fingerprint,
 )
-from offchain.chain.artifacts import load_artifact
 from offchain.chain.client import RegistrationKind, Stage
 from offchain.chain.connection import Chain
-from offchain.chain.deploy import deploy_contract
 from offchain.eip712 import Domain
 from offchain.engine.rules import lock_needed
 from offchain.localnet import free_port
@@ -56,6 +54,7 @@ from offchain.types import (
     Version,
 )
 from tests.conftest import BROKER_DEPOSIT, GOLD, TRADER_DEPOSIT, World
+from tests.contracts.test_withdraw import blacklist_channel
 from tests.protocol.conftest import eventually, run
 
 GOLD_ID = 1  # the market id of the World's gold market
@@ -373,13 +372,7 @@ def test_a_state_that_leaves_a_crossed_order_out_is_proven_and_the_trader_takes_
 
 
 def test_a_deferred_payout_is_withdrawn_once_the_token_pays(w: World) -> None:
-    deployed = deploy_contract(w.sb.deployer.transactor, "BlacklistToken")
-    token = w.chain.w3.eth.contract(address=deployed.address, abi=load_artifact("BlacklistToken")["abi"])
-    for party in (w.trader, w.broker):
-        w.sb.deployer.transactor.transact(token.functions.mint(party.address, 10_000 * USD))
-        party.transactor.transact(token.functions.approve(w.sb.adjudicator.address, 2**256 - 1))
-    params = replace(w.params(), token=deployed.address)
-    w.fund(params)
+    token, params = blacklist_channel(w)
     wt = tower(w, sweep_seconds=0)
     wt.guard(params, w.sign(w.plain(params, 2)))
     w.sb.deployer.transactor.transact(token.functions.setBlacklisted(w.trader.address, True))
@@ -388,7 +381,7 @@ def test_a_deferred_payout_is_withdrawn_once_the_token_pays(w: World) -> None:
     to_time(w, status(w, params).deadline)
     wt.poll()
     assert status(w, params).stage == Stage.CONCLUDED
-    assert w.sb.adjudicator.withdrawable(deployed.address, w.trader.address) == TRADER_DEPOSIT
+    assert w.sb.adjudicator.withdrawable(token.address, w.trader.address) == TRADER_DEPOSIT
     assert "withdraw_failed" in kinds(wt) and "done" not in kinds(wt)
     wt.poll()
     assert kinds(wt).count("withdraw_failed") == 1  # reported once, retried quietly
@@ -397,7 +390,7 @@ def test_a_deferred_payout_is_withdrawn_once_the_token_pays(w: World) -> None:
     before = int(token.functions.balanceOf(w.trader.address).call())
     wt.poll()
     assert int(token.functions.balanceOf(w.trader.address).call()) - before == TRADER_DEPOSIT
-    assert w.sb.adjudicator.withdrawable(deployed.address, w.trader.address) == 0
+    assert w.sb.adjudicator.withdrawable(token.address, w.trader.address) == 0
     assert kinds(wt)[-2:] == ["withdrawn", "done"]
 
 
