@@ -218,6 +218,15 @@ def test_conclude_slashed_pays_the_trader_an_open_or_disputed_channel(w: World) 
     assert w.chain.now() < deadline
 
 
+def test_a_deposit_after_slashing_goes_to_the_trader(w: World) -> None:
+    """Deposits are not refused once the broker is slashed (that would cost every deposit a
+    storage read), but whatever lands in such a channel, from either side, goes to the trader."""
+    params = open_channel(w)
+    slash(w)
+    fund(w, params, 100 * USD, 250 * USD)
+    trader_takes_all(w, params, partial(conclude_slashed, w, params), holdings=HOLDINGS + 350 * USD)
+
+
 def test_every_conclusion_of_a_slashed_brokers_channel_pays_the_trader(w: World) -> None:
     """close with a final state, conclude of a settled registration, concludeWithState of a
     state with positions in a market whose feed never answered and an open order with evidence:
