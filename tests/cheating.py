@@ -3,6 +3,9 @@
 its :class:`~offchain.signing.BatchPriceSigner` refuses a second price for a batch, and its
 ``_would_apply`` refuses a Trade state that leaves a crossed order out.
 
+:class:`EquivocatingBroker` (two prices for one batch) lives in the product,
+:mod:`offchain.agents.cheating`, because ``tchan demo`` runs it too; it is re-exported here.
+
 Both are used in one process (tests/protocol) and as a separate broker process
 (``python -m tests.cheating``, same options as ``tchan broker`` plus ``--equivocate-batch``).
 """
@@ -14,41 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from offchain.agents.broker import BrokerAgent
+from offchain.agents.cheating import EquivocatingBroker
 from offchain.engine.channel import Trade
-from offchain.model import BatchPrice
-from offchain.protocol import messages as m
-from offchain.types import Price
 
-
-class EquivocatingBroker(BrokerAgent):
-    """After pricing the first batch from ``equivocate_batch`` on in which some channel traded,
-    signs a second price for the same batch (one unit higher) and sends it to every connected
-    trader. Once."""
-
-    equivocate_batch = 1
-    equivocated: BatchPrice | None = None
-    _traded = False
-
-    def _trades(self, *args: Any, **kwargs: Any) -> dict[bytes, Trade]:
-        trades = super()._trades(*args, **kwargs)
-        self._traded = bool(trades)
-        return trades
-
-    async def settle_batch(self, market_id: int) -> BatchPrice:
-        self._traded = False
-        price = await super().settle_batch(market_id)
-        if self.equivocated is None and price.batch >= self.equivocate_batch and self._traded:
-            self.equivocated = await self.equivocate(price)
-        return price
-
-    async def equivocate(self, price: BatchPrice) -> BatchPrice:
-        """Sign and publish a second price for ``price``'s batch, bypassing the price signer."""
-        second = BatchPrice(price.market, price.batch, Price(price.price + 1))
-        signature = self.signer.sign(self.domain, second)
-        self._event("equivocated", f"market {price.market} batch {price.batch}: {price.price} and {second.price}")
-        for trader in list(self.connections):
-            await self._broadcast_to(trader, m.BatchPriceMessage(second, signature))
-        return second
+__all__ = ["EquivocatingBroker", "LeftOutBroker", "main"]
 
 
 class LeftOutBroker(BrokerAgent):
