@@ -96,3 +96,27 @@ class ContractError(ChainError):
     """A transaction reverted. Subclasses are named after the Solidity custom error."""
 
     code = "contract_revert"
+
+
+class ConfigError(ValidationError):
+    """The configuration file is missing a network, or is malformed."""
+
+    code = "config"
+
+
+class KeystoreError(ValidationError):
+    """A keystore cannot be read or opened (wrong password, wrong file)."""
+
+    code = "keystore"
+
+
+class NodeUnreachableError(ChainError):
+    """No node answers at the given URL."""
+
+    code = "node_unreachable"
+
+
+class WrongChainError(DeploymentError):
+    """The node's chain id is not the one the deployment or configuration names."""
+
+    code = "wrong_chain"

@@ -16,7 +16,7 @@ from web3 import Web3
 from web3.types import TxParams, TxReceipt, Wei
 
 from offchain.chain.errors import decode_revert, is_revert, revert_data
-from offchain.errors import ChainError, ContractError
+from offchain.errors import ChainError, ContractError, NodeUnreachableError
 from offchain.types import Address, Timestamp
 
 GAS_MARGIN_NUMERATOR = 6  # gas limit = estimate * 6 / 5
@@ -94,7 +94,7 @@ def rpc_chain(url: str, timeout: float = 30.0) -> Chain:
     try:
         _ = w3.eth.chain_id
     except Exception as exc:
-        raise ChainError(f"cannot reach a node at {url}: {exc}") from exc
+        raise NodeUnreachableError(f"cannot reach a node at {url} ({type(exc).__name__}): is it running?") from exc
     return Chain(w3=w3, in_process=False, url=url)
 
 

@@ -19,7 +19,7 @@ from eth_utils.address import to_checksum_address
 from offchain.chain.artifacts import load_artifact
 from offchain.chain.client import ADJUDICATOR, PRICE_FEED, TOKEN
 from offchain.chain.connection import Chain, Transactor
-from offchain.errors import DeploymentError
+from offchain.errors import DeploymentError, WrongChainError
 from offchain.types import Address
 
 DEPLOYMENT_FORMAT = 1
@@ -173,7 +173,7 @@ def load_deployment(directory: Path, network: str, expected_chain_id: int | None
         raise DeploymentError(f"{path} is malformed: {exc}") from exc
     deployment = Deployment(network=raw["network"], chain_id=chain_id, contracts=contracts)
     if expected_chain_id is not None and expected_chain_id != chain_id:
-        raise DeploymentError(
+        raise WrongChainError(
             f"{path} is for chain id {chain_id} but the node is chain id {expected_chain_id}: wrong --rpc or --network?"
         )
     return deployment

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -10,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from offchain import demo
 from offchain.chain import errors
 from offchain.chain.connection import rpc_chain
 from offchain.chain.deploy import load_deployment
@@ -22,14 +20,17 @@ pytestmark = pytest.mark.anvil
 TCHAN = str(Path(sys.executable).parent / "tchan")
 
 
-def test_whole_dispute_on_anvil(anvil: Anvil) -> None:
-    """Deploy, fund, co-sign, challenge with a stale state, refute, conclude at the oracle price."""
-    out = io.StringIO()
-    result = demo.run(rpc_chain(anvil.url), out)
-    assert result.ok, out.getvalue()
-    assert result.trader_payout + result.broker_payout == demo.TRADER_DEPOSIT + demo.BROKER_DEPOSIT
-    assert result.registered_version == 3
-    assert "the trader refutes with v3" in out.getvalue()
+def test_tchan_demo_runs_the_whole_story_on_anvil(anvil: Anvil, tmp_path: Path) -> None:
+    """``tchan demo --rpc URL``: the same story as on the embedded chain, through the console script."""
+    plot = tmp_path / "batch.png"
+    run = subprocess.run(
+        [TCHAN, "demo", "--rpc", anvil.url, "--plot", str(plot), "--json"], capture_output=True, text=True, timeout=180
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    document = json.loads(run.stdout)
+    assert document["ok"] is True
+    assert all(check["ok"] for check in document["checks"]) and len(document["checks"]) > 20
+    assert plot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_custom_errors_are_typed_on_a_json_rpc_node(anvil: Anvil) -> None:
