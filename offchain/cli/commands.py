@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 DEFAULT_BROKER_PORT = 8765
 DEFAULT_BROKER_URL = f"ws://127.0.0.1:{DEFAULT_BROKER_PORT}"
+DEFAULT_WATCHTOWER_PORT = 8766
 QUIET_LOGGERS = ("websockets", "web3", "urllib3", "eth", "asyncio")
 
 
@@ -392,6 +393,16 @@ def gas_command(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- the parsers
 
 
+def add_listen_args(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=default_port,
+        help=f"port to listen on (default: {default_port}; 0 picks a free one)",
+    )
+
+
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("compile", parents=parents, help="compile contracts/ into offchain/artifacts/")
     p.add_argument("--check", action="store_true", help="only check that the artifacts match the sources")
@@ -421,13 +432,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_network_args(p)
     add_key_args(p, "the broker")
     p.add_argument("--store", default="broker.db", help="SQLite store (default: broker.db; ':memory:' for none)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=DEFAULT_BROKER_PORT,
-        help=f"port to listen on (default: {DEFAULT_BROKER_PORT}; 0 picks a free one)",
-    )
+    add_listen_args(p, DEFAULT_BROKER_PORT)
     p.add_argument(
         "--market",
         action="append",
@@ -476,8 +481,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_network_args(p)
     add_key_args(p, "the watchtower (it pays the gas of what it sends)")
     p.add_argument("--store", default="watchtower.db", help="SQLite store (default: watchtower.db)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8766, help="port to listen on (default: 8766; 0 picks a free one)")
+    add_listen_args(p, DEFAULT_WATCHTOWER_PORT)
     p.add_argument("--poll-seconds", type=float, default=1.0, help="seconds between two looks at the chain")
     p.add_argument("--max-channels", type=int, default=1000, help="most channels guarded at once (default: 1000)")
     p.add_argument("--confirmations", type=int, default=0, help="blocks a log must be deep before it is read")

@@ -177,6 +177,14 @@ def check_version_arg(name: str, value: int | None) -> int | None:
     return value
 
 
+def check_batch_args(args: argparse.Namespace) -> None:
+    """``--market`` and ``--batch``: both or neither, neither negative."""
+    if (args.market is None) != (args.batch is None):
+        raise ValidationError("give --market and --batch together, or neither")
+    for name, value in (("--market", args.market), ("--batch", args.batch)):
+        check_version_arg(name, value)
+
+
 def check_address_arg(name: str, value: str | None) -> Address | None:
     """An address argument, checksummed (None when not given)."""
     from offchain.model import check_address
@@ -718,10 +726,7 @@ def evidence_command(args: argparse.Namespace) -> int:
     from offchain.chain.client import RegistrationKind
 
     out = Output.of(args)
-    if (args.market is None) != (args.batch is None):
-        raise ValidationError("give --market and --batch together, or neither")
-    for name, value in (("--market", args.market), ("--batch", args.batch)):
-        check_version_arg(name, value)
+    check_batch_args(args)
     with session(args, out) as s:
         status = s.status()
         require_stage(s, status, "disputed", "submit evidence for")
@@ -1015,10 +1020,7 @@ def two_signed_prices(s: Session, market: int | None, batch: int | None) -> tupl
 def prove_two_prices_command(args: argparse.Namespace) -> int:
     """Prove that the channel's broker signed two different prices for one batch."""
     out = Output.of(args)
-    if (args.market is None) != (args.batch is None):
-        raise ValidationError("give --market and --batch together, or neither")
-    for name, value in (("--market", args.market), ("--batch", args.batch)):
-        check_version_arg(name, value)
+    check_batch_args(args)
     with session(args, out) as s:
         broker = s.params.broker
         slashed = s.adjudicator.slashed_at(broker)

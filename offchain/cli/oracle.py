@@ -432,7 +432,7 @@ examples:
   tchan oracle --dev-account 0 --random-walk --feed "XAU / USD" --start 2000 \\
       --feed "BTC / USD" --start 60000 --step-bps 50 --steps 10 --seed 7
 
-the random walk: see docs/cli-localnet-oracle.md (a function of seed, feed,
+the random walk: see docs/cli.md (a function of seed, feed,
 start and step alone)."""
 
 
