@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,31 +18,14 @@ from offchain.chain.deploy import DeployedContract, Deployment, load_deployment,
 from offchain.cli import build_parser
 from offchain.errors import DeploymentError
 from offchain.localnet import Anvil, free_port
+from tests.cli_helpers import one_line_error, tchan, tchan_process
 
-TCHAN = str(Path(sys.executable).parent / "tchan")
 SUBCOMMANDS = [
     name
     for action in build_parser()._actions
     if isinstance(action, argparse._SubParsersAction)
     for name in action.choices
 ]
-
-
-def tchan(
-    *args: str, timeout: float = 120, cwd: Path | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TCHAN, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, input=stdin if stdin else ""
-    )
-
-
-def one_line_error(run: subprocess.CompletedProcess[str], starts: str, code: int = 1) -> None:
-    """The run failed with ``code`` and printed exactly one line on stderr, starting with ``starts``."""
-    assert run.returncode == code, (run.returncode, run.stdout, run.stderr)
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, run.stderr
-    assert lines[0].startswith(starts), lines[0]
-    assert "Traceback" not in run.stderr + run.stdout
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +49,7 @@ def test_help(command: list[str]) -> None:
 
 
 def test_trader_help_offers_a_watchtower_and_a_prompt() -> None:
-    run = tchan("trader", "--help")
+    run = tchan_process("trader", "--help")
     assert "--watchtower WS_URL" in run.stdout
     assert "a prompt" in run.stdout
 
@@ -76,7 +58,7 @@ def test_trader_help_offers_a_watchtower_and_a_prompt() -> None:
 
 
 def test_bad_argument_is_one_line_with_exit_2() -> None:
-    run = tchan("deploy", "--dev-account", "zero")
+    run = tchan_process("deploy", "--dev-account", "zero")
     one_line_error(run, "tchan: usage: argument --dev-account: invalid int value: 'zero'", code=2)
     assert "tchan deploy --help" in run.stderr
 
@@ -86,7 +68,7 @@ def test_unknown_subcommand_is_one_line() -> None:
 
 
 def test_debug_shows_the_traceback_instead(tmp_path: Path) -> None:
-    run = tchan("deploy", "--rpc", f"http://127.0.0.1:{free_port()}", "--dev-account", "0", "--debug")
+    run = tchan_process("deploy", "--rpc", f"http://127.0.0.1:{free_port()}", "--dev-account", "0", "--debug")
     assert run.returncode == 1
     assert "Traceback" in run.stderr and "NodeUnreachableError" in run.stderr
 
@@ -130,7 +112,7 @@ def test_the_default_local_network_suggests_tchan_localnet(tmp_path: Path) -> No
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 8545)) == 0:
             pytest.skip("something listens on 127.0.0.1:8545")
-    run = tchan("deploy", "--dev-account", "0", cwd=tmp_path)
+    run = tchan_process("deploy", "--dev-account", "0", cwd=tmp_path)
     one_line_error(run, "tchan: node_unreachable: cannot reach a node at http://127.0.0.1:8545")
     assert "tchan localnet" in run.stderr
 
@@ -220,7 +202,7 @@ def test_bad_deploy_arguments_are_one_clear_line(args: list[str], message: str, 
 
 
 def test_deploy_json_is_one_document_and_progress_goes_to_stderr(node: Anvil, tmp_path: Path) -> None:
-    run = tchan(
+    run = tchan_process(
         "deploy", "--rpc", node.url, "--network", "j", "--deployments", str(tmp_path), "--dev-account", "0",
         "--feed", "XAU / USD", "--json",
     )  # fmt: skip
@@ -246,11 +228,16 @@ def _deploy_with(node: Anvil, tmp_path: Path, *key_args: str) -> subprocess.Comp
     return tchan("deploy", "--rpc", node.url, "--network", "x", "--deployments", str(deployments), *key_args)
 
 
+def _deploy_with_process(node: Anvil, tmp_path: Path, *key_args: str) -> subprocess.CompletedProcess[str]:
+    deployments = tmp_path / "d"
+    return tchan_process("deploy", "--rpc", node.url, "--network", "x", "--deployments", str(deployments), *key_args)
+
+
 def test_wrong_keystore_password_is_one_clear_line(node: Anvil, tmp_path: Path) -> None:
     keystore = _keystore(tmp_path)
     password = tmp_path / "password"
     password.write_text("wrong\n")
-    run = _deploy_with(node, tmp_path, "--keystore", str(keystore), "--password-file", str(password))
+    run = _deploy_with_process(node, tmp_path, "--keystore", str(keystore), "--password-file", str(password))
     one_line_error(run, f"tchan: keystore: cannot open keystore {keystore}: wrong password")
     assert not (tmp_path / "d").exists()
 
@@ -284,7 +271,7 @@ def test_a_raw_private_key_is_not_an_option() -> None:
 
 def test_a_named_network_from_the_config_file(node: Anvil, tmp_path: Path) -> None:
     (tmp_path / "tchan.toml").write_text(f'[networks.devnet]\nrpc = "{node.url}"\nchain_id = 31337\n')
-    run = tchan("deploy", "--network", "devnet", "--dev-account", "0", "--json", cwd=tmp_path)
+    run = tchan_process("deploy", "--network", "devnet", "--dev-account", "0", "--json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert load_deployment(tmp_path / "deployments", "devnet", expected_chain_id=31337).adjudicator
 

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from offchain import gas
 from offchain.compiler import project_root
 
 
 def test_gas_table_matches_a_fresh_measurement() -> None:
+    """``tchan gas --check --json`` (the real console script) measures afresh and finds no drift."""
     committed = json.loads((project_root() / gas.GAS_TABLE_PATH).read_text())
-    measured = gas.measure()
-    assert gas.drift(committed["operations"], measured) == [], "run `tchan gas` and commit bench/gas.json"
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "tchan"), "gas", "--check", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=project_root(),
+    )
+    report = json.loads(run.stdout)
+    measured = {name: int(value) for name, value in report["operations"].items()}
+    assert gas.drift(committed["operations"], measured) == report["drift"] == [], "run `tchan gas` and commit"
+    assert run.returncode == 0 and report["up_to_date"] is True, run.stderr
     assert committed == gas.table(committed["operations"]), "bars section out of date: run `tchan gas`"
 
 
