@@ -1,12 +1,16 @@
-"""Disputes by hand through the real ``tchan`` console script, against a real anvil node
-(MISSION.md, "Command line and demo"): ``challenge``, ``refute``, ``evidence``, ``conclude``,
-``withdraw``, ``prove-two-prices``, ``prove-left-out-order`` and ``channel show``/``list``.
+"""Disputes by hand through ``tchan``, against a real anvil node (MISSION.md, "Command line and
+demo"): ``challenge``, ``refute``, ``evidence``, ``conclude``, ``withdraw``, ``prove-two-prices``,
+``prove-left-out-order`` and ``channel show``/``list``.
 
-The contracts are deployed with ``tchan deploy``. Each test then builds its own channel from
-Python: the states come from the engine (:mod:`offchain.engine.channel`), both parties (anvil dev
-accounts) sign them, the broker signs its batch prices, and everything is written to SQLite stores
-with the records a trader or broker agent writes. Every command runs as a subprocess; the chain is
-checked from Python, and the payouts against the pure rule in :mod:`offchain.settlement`.
+The contracts are deployed once for the module with ``tchan deploy``. Each test then builds its own
+channel from Python: the states come from the engine (:mod:`offchain.engine.channel`), both
+parties (anvil dev accounts) sign them, the broker signs its batch prices, and everything is
+written to SQLite stores with the records a trader or broker agent writes. Every dispute command
+runs at least once through the installed console script, as a subprocess (``process=True``; and
+``conclude --wait`` waits in its own process); the other runs, error paths included, go through
+the same entry point in this process (:func:`tests.cli_helpers.tchan`), which saves a Python
+start-up per command. The chain is checked from Python, and the payouts against the pure rule in
+:mod:`offchain.settlement`.
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ from offchain.types import (
     Timestamp,
     TokenAmount,
 )
+from tests.cli_helpers import tchan, tchan_process
 from tests.e2e.trading_helpers import (
+    FEEDS,
+    MINT,
     TCHAN,
     USD,
     XAU,
@@ -111,12 +118,17 @@ class World:
             extra += ["--dev-account", str(account)]
         return [TCHAN, *args, *extra]
 
-    def run(self, *args: str, account: int | None = None, node: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args, account=account, node=node), capture_output=True, text=True, timeout=120)
+    def run(
+        self, *args: str, account: int | None = None, node: bool = True, process: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``tchan ARGS`` in this process, or with ``process`` through the installed console
+        script in its own process."""
+        argv = self.argv(*args, account=account, node=node)[1:]
+        return tchan_process(*argv) if process else tchan(*argv)
 
-    def ok(self, *args: str, account: int | None = None, node: bool = True) -> dict[str, Any]:
+    def ok(self, *args: str, account: int | None = None, node: bool = True, process: bool = False) -> dict[str, Any]:
         """Run with ``--json``; it must succeed; its one JSON document."""
-        run = self.run(*args, "--json", account=account, node=node)
+        run = self.run(*args, "--json", account=account, node=node, process=process)
         assert run.returncode == 0, f"tchan {' '.join(args)}\n{run.stdout}\n{run.stderr}"
         lines = run.stdout.strip().splitlines()
         assert len(lines) == 1, run.stdout
@@ -145,8 +157,10 @@ class World:
 @pytest.fixture(scope="module")
 def w(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("cli-dispute")
-    with Processes(tmp / "logs", anvil.url, tmp / "deployments") as procs:
-        procs.deploy()
+    procs = Processes(tmp / "logs", anvil.url, tmp / "deployments")
+    feeds = [arg for feed in FEEDS for arg in ("--feed", feed)]
+    deployed = tchan("deploy", *procs.node_args(DEPLOYER), "--mint", str(MINT), *feeds)  # as Processes.deploy
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     chain = rpc_chain(anvil.url)
     deployment, adjudicator, token = procs.contracts(chain)
     gold = PriceFeedClient(chain, deployment.feeds()["XAU / USD"])
@@ -301,7 +315,7 @@ def test_stale_challenge_refuted_concluded_after_waiting_and_withdrawn_by_both(w
     assert before["store"]["outcomes"][0]["position"] == str(UNIT)
     assert before["store"]["latest_prices"] == [{"market": "1", "batch": "1", "price": str(dollars(2_000))}]
 
-    challenged = w.ok("challenge", "--store", broker_db, "--version", "1", account=BROKER)
+    challenged = w.ok("challenge", "--store", broker_db, "--version", "1", account=BROKER, process=True)
     assert challenged["version"] == "1" and challenged["command"] == "challenge"
     assert int(challenged["gas_used"]) > 0 and challenged["tx"].startswith("0x")
     assert [e["event"] for e in challenged["events"]] == ["Challenged"]
@@ -309,7 +323,7 @@ def test_stale_challenge_refuted_concluded_after_waiting_and_withdrawn_by_both(w
     assert status.stage == Stage.DISPUTED and status.registered_version == 1
     assert status.deadline == int(challenged["deadline"])
 
-    refuted = w.ok("refute", "--store", trader_db, account=TRADER)
+    refuted = w.ok("refute", "--store", trader_db, account=TRADER, process=True)
     assert (refuted["replaced_version"], refuted["version"]) == ("1", "4")
     w.fails("refute", "--store", broker_db, code="version_not_newer", account=BROKER)
     status = w.adjudicator.status(c.params.channel_id)
@@ -334,7 +348,7 @@ def test_stale_challenge_refuted_concluded_after_waiting_and_withdrawn_by_both(w
 
     set_blacklisted(w, token, (TRADER, BROKER), False)
     trader_before, payee_before = w.balance(TRADER, tokens), w.balance(PAYEE, tokens)
-    withdrawn = w.ok("withdraw", "--store", trader_db, account=TRADER)
+    withdrawn = w.ok("withdraw", "--store", trader_db, account=TRADER, process=True)
     assert withdrawn["amount"] == str(expected.to_trader) and withdrawn["to"] == c.params.trader
     assert w.balance(TRADER, tokens) == trader_before + expected.to_trader
     withdrawn = w.ok("withdraw", "--store", broker_db, "--to", dev_address(PAYEE), account=BROKER)
@@ -344,7 +358,7 @@ def test_stale_challenge_refuted_concluded_after_waiting_and_withdrawn_by_both(w
     assert w.adjudicator.withdrawable(tokens.address, c.params.broker) == 0
     w.fails("withdraw", "--store", trader_db, code="nothing_to_withdraw", account=TRADER)
 
-    after = w.run("channel", "show", "--store", broker_db)
+    after = w.run("channel", "show", "--store", broker_db, process=True)
     assert after.returncode == 0, after.stderr
     assert f"channel {c.id}" in after.stdout and "4 newest co-signed" in after.stdout
     rows = {line.split("  ")[0]: line.split() for line in after.stdout.splitlines()}
@@ -365,7 +379,7 @@ def test_a_dispute_by_hand_on_the_stores_of_real_agents(w: World) -> None:
         wait_all([trader], timeout=60)
         assert trader.process.returncode == 0, procs.tails()
         stop(broker)
-    listed = w.ok("channel", "list", "--store", broker_db, node=False)["channels"]
+    listed = w.ok("channel", "list", "--store", broker_db, node=False, process=True)["channels"]
     assert [(c["role"], c["trader"]) for c in listed] == [("broker", dev_address(TRADER))]
     cid = listed[0]["channel_id"]
     shown = w.ok("channel", "show", "--store", trader_db)
@@ -393,7 +407,7 @@ def test_evidence_fills_an_open_order_at_the_earliest_crossing_batch(w: World) -
     trader_db = c.write("evidence-trader")
     w.ok("challenge", "--store", trader_db, account=TRADER)
 
-    first = w.ok("evidence", "--store", trader_db, "--market", "1", "--batch", "3", account=TRADER)
+    first = w.ok("evidence", "--store", trader_db, "--market", "1", "--batch", "3", account=TRADER, process=True)
     assert [(a["order_index"], a["batch"], a["price"]) for a in first["accepted"]] == [("0", "3", str(dollars(1_990)))]
     earliest = w.ok("evidence", "--store", trader_db, account=OUTSIDER)
     assert [(a["batch"], a["price"]) for a in earliest["accepted"]] == [("2", str(dollars(1_995)))]
@@ -427,7 +441,7 @@ def test_two_prices_slash_the_broker_and_conclude_pays_the_trader_everything(w: 
         "prove-two-prices", "--store", trader_db, "--market", "1", "--batch", "4", code="no_proof", account=OUTSIDER
     )
 
-    proved = w.ok("prove-two-prices", "--store", trader_db, account=OUTSIDER)
+    proved = w.ok("prove-two-prices", "--store", trader_db, account=OUTSIDER, process=True)
     assert (proved["market"], proved["batch"]) == ("1", "5")
     assert sorted(proved["prices"]) == [str(dollars(2_000)), str(dollars(2_001))]
     assert w.adjudicator.slashed_at(c.params.broker) is not None
@@ -455,7 +469,7 @@ def test_a_state_that_leaves_out_a_crossed_order_gives_the_trader_the_channel(w:
     w.fails("prove-left-out-order", "--store", trader_db, "--version", "4", "--order-index", "5", code="no_proof")
 
     trader_before = w.balance(TRADER)
-    proved = w.ok("prove-left-out-order", "--store", trader_db, account=TRADER)
+    proved = w.ok("prove-left-out-order", "--store", trader_db, account=TRADER, process=True)
     assert (proved["version"], proved["order_index"], proved["nonce"]) == ("4", "0", "1")
     assert proved["price"] == {"market": "1", "batch": "1", "price": str(dollars(1_990))}
     assert (proved["to_trader"], proved["to_broker"]) == (str(TD + BD), "0")
@@ -489,10 +503,9 @@ def test_bad_input_is_one_line_and_sends_nothing(w: World) -> None:
     elsewhere.mkdir()
     deployment = json.loads((w.procs.deployments / "local.json").read_text())
     (elsewhere / "local.json").write_text(json.dumps({**deployment, "chain_id": 1}))
-    run = subprocess.run(
-        [TCHAN, "challenge", "--store", trader_db, "--channel", c.id, "--rpc", w.anvil.url,
-         "--deployments", str(elsewhere), "--dev-account", str(TRADER)],
-        capture_output=True, text=True, timeout=60,
+    run = tchan(
+        "challenge", "--store", trader_db, "--channel", c.id, "--rpc", w.anvil.url,
+        "--deployments", str(elsewhere), "--dev-account", str(TRADER),
     )  # fmt: skip
     assert run.returncode == 1 and run.stderr.startswith("tchan: wrong_chain: "), run.stderr
     assert len(run.stderr.strip().splitlines()) == 1

@@ -1,7 +1,12 @@
-"""``tchan localnet`` and ``tchan oracle`` through the real console script, as subprocesses,
-against real anvil nodes: the printed dev accounts are anvil's, signals stop the node cleanly,
-pushed prices are what the feeds answer on-chain, and every refusal is one line with nothing
-pushed."""
+"""``tchan localnet`` and ``tchan oracle`` against real anvil nodes: the printed dev accounts are
+anvil's, signals stop the node cleanly, pushed prices are what the feeds answer on-chain, and every
+refusal is one line with nothing pushed.
+
+Both commands run through the real console script, as subprocesses, wherever a process of their
+own matters: a node or an oracle that runs until a signal stops it, and the console script's exit
+code. The runs that end by themselves (price files, a bounded random walk, refusals, ``--help``)
+go through the same entry point in this process (:func:`tests.cli_helpers.tchan`), which saves a
+Python start-up per run."""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,17 +34,13 @@ from offchain.cli.common import ANVIL_MNEMONIC, dev_account_key
 from offchain.cli.oracle import MAX_ANSWER, format_price, load_price_file, parse_price, random_walk
 from offchain.errors import ValidationError
 from offchain.localnet import ANVIL_CHAIN_ID, Anvil, free_port, port_in_use
+from tests.cli_helpers import TCHAN, tchan, tchan_process
 
 from .trading_helpers import FEEDS, NETWORK, Processes, dev_address
 
-TCHAN = str(Path(sys.executable).parent / "tchan")
 DECIMALS = 8  # what `tchan deploy --feed` gives a feed
 ACCOUNT_ROW = re.compile(r"^(\d+)\s+(0x[0-9a-fA-F]{40})\s+(0x[0-9a-f]{64})\s+(\S+)$")
 PUSH_LINE = re.compile(r"^(.+?)  round (\d+)  price (\S+)  answer (\d+)  tx (0x[0-9a-f]{64})$")
-
-
-def tchan(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TCHAN, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def one_error_line(run: subprocess.CompletedProcess[str], prefix: str) -> str:
@@ -205,7 +205,7 @@ def test_localnet_json_with_state_stops_on_sigterm_and_keeps_the_chain(tmp_path:
 
 @pytest.mark.anvil
 def test_localnet_on_a_taken_port_is_one_line(anvil: Anvil) -> None:
-    run = tchan("localnet", "--port", str(anvil.port))
+    run = tchan_process("localnet", "--port", str(anvil.port), timeout=60)  # the console script's exit code
     one_error_line(run, f"tchan: chain: port {anvil.port} on 127.0.0.1 is already in use")
     with socket.socket() as sock:  # a listener that is not a node at all
         sock.bind(("127.0.0.1", 0))
@@ -241,8 +241,10 @@ def deployed(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """The stack deployed with ``tchan deploy --feed 'XAU / USD' --feed 'BTC / USD'`` (dev account 0
     owns the feeds)."""
     base = tmp_path_factory.mktemp("oracle")
-    with Processes(base / "logs", anvil.url, base / "deployments") as processes:
-        processes.deploy(mint=0)
+    processes = Processes(base / "logs", anvil.url, base / "deployments")
+    feeds = [arg for feed in FEEDS for arg in ("--feed", feed)]
+    run = tchan("deploy", *processes.node_args(0), "--mint", "0", *feeds)  # as Processes.deploy(mint=0)
+    assert run.returncode == 0, run.stdout + run.stderr
     chain = rpc_chain(anvil.url)
     deployment = load_deployment(base / "deployments", NETWORK, expected_chain_id=chain.chain_id)
     assert sorted(deployment.feeds()) == sorted(FEEDS)
@@ -357,35 +359,30 @@ def test_oracle_refusals_are_one_line_and_push_nothing(deployed: Deployed, tmp_p
         "too-precise.csv": ("feed,price\nXAU / USD,2000\nBTC / USD,1.123456789\n", "more decimals than the feed's 8"),
         "float.json": ('[{"feed": "XAU / USD", "price": "2000"}, {"feed": "BTC / USD", "price": 6e4}]', "entry 2"),
     }
-    runs: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    runs: dict[str, tuple[subprocess.CompletedProcess[str], str]] = {}
 
-    def start(name: str, *args: str, expect: str) -> None:
-        runs[name] = (
-            subprocess.Popen([TCHAN, "oracle", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-            expect,
-        )
+    def attempt(name: str, *args: str, expect: str) -> None:
+        runs[name] = (tchan("oracle", *args), expect)
 
     for name, (text, _) in malformed.items():
         (tmp_path / name).write_text(text)
-        start(
+        attempt(
             name, *deployed.args(), "--prices", str(tmp_path / name), expect=f"tchan: invalid_input: {tmp_path / name}"
         )
-    start(
+    attempt(
         "unknown feed", *deployed.args(), "--random-walk", "--feed", "EUR / USD", "--start", "1.1", "--once",
         expect="tchan: invalid_input: no feed 'EUR / USD' in deployment 'local'; it has 'BTC / USD', 'XAU / USD'",
     )  # fmt: skip
-    start(
+    attempt(
         "not the owner", *deployed.args(account=1), "--prices", str(good),
         expect=f"tchan: not_feed_owner: {dev_address(1)} does not own feed 'XAU / USD'",
     )  # fmt: skip
     unreachable = f"http://127.0.0.1:{free_port()}"
-    start(
+    attempt(
         "unreachable", "--rpc", unreachable, "--deployments", str(deployed.deployments), "--dev-account", "0",
         "--prices", str(good), expect=f"tchan: node_unreachable: cannot reach a node at {unreachable}",
     )  # fmt: skip
-    for name, (proc, expect) in runs.items():
-        stdout, stderr = proc.communicate(timeout=60)
-        run = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    for name, (run, expect) in runs.items():
         line = one_error_line(run, expect)
         if name in malformed:
             assert malformed[name][1] in line, line
