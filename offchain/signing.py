@@ -19,6 +19,7 @@ from coincurve import PrivateKey, PublicKey
 from eth_hash.auto import keccak
 from eth_utils.address import to_checksum_address
 
+from offchain.crashpoints import crash_point
 from offchain.eip712 import Domain, Signable, struct_digest
 from offchain.errors import (
     DoubleSignError,
@@ -147,7 +148,10 @@ class StateSigner:
             )
         if previous is None:
             self.log.record_signed(state.channel_id, state.version, digest)
-        return self.signer.sign_digest(digest)
+        crash_point("signing.recorded")
+        signature = self.signer.sign_digest(digest)
+        crash_point("signing.signed")
+        return signature
 
 
 class SignedPriceLog(Protocol):

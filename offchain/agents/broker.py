@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from offchain.agents.common import error_reply, log, login_signer, on_chain, send
 from offchain.chain.client import AdjudicatorClient, TokenClient
 from offchain.chain.connection import Chain, Transactor
+from offchain.crashpoints import crash_point
 from offchain.eip712 import Domain
 from offchain.engine.auction import BookOrder, clear
 from offchain.engine.channel import (
@@ -63,7 +64,7 @@ from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
 from offchain.protocol.party import BROKER, COOPERATIVE, SERVER_INITIATIVE, ChannelParty
 from offchain.signing import BatchPriceSigner, LocalSigner, StateSigner, verify
-from offchain.store import Store, StoredBatchPrice, StoredOrder
+from offchain.store import Store, StoredBatchPrice
 from offchain.types import (
     Address,
     BatchNumber,
@@ -111,6 +112,10 @@ class MarketBook:
         return self.history[lo:hi]
 
 
+def _trades_json(batch: int, trades: dict[bytes, Trade]) -> dict[str, Any]:
+    return {"batch": str(batch), "trades": {"0x" + cid.hex(): m.transition_to_json(t) for cid, t in trades.items()}}
+
+
 def _batch_of(record: StoredBatchPrice) -> int:
     return record.price.batch
 
@@ -149,6 +154,7 @@ class BrokerAgent:
         self.inflight = 0  # broker proposals in flight that change orders or balances
         self.phase = asyncio.Condition()
         self.yield_requested: set[ChannelId] = set()
+        self.unsettled: dict[int, set[bytes]] = {}  # per market: channels whose trade is still to propose
         self.events: list[tuple[str, str]] = []  # (kind, detail) for tests, logs and the demo
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -304,6 +310,7 @@ class BrokerAgent:
         elif isinstance(msg, m.Ack):
             party = self._party_of(trader, msg.channel_id)
             party.on_ack(msg)
+            crash_point("broker.ack_received")
             waiter = self.ack_waiters.get(party.channel_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -321,7 +328,6 @@ class BrokerAgent:
         elif isinstance(msg, m.CreateOrderRequest):
             party = self._server_initiative(trader, msg.channel_id)
             self._check_order_request(party, msg.order, msg.signature)
-            self.store.put_order(StoredOrder(party.channel_id, msg.order.nonce, msg.order, msg.signature))
             self._spawn(self._propose_lock(party, msg, ws))
         elif isinstance(msg, m.CancelOrderRequest):
             party = self._server_initiative(trader, msg.channel_id)
@@ -372,6 +378,10 @@ class BrokerAgent:
                     party.turn,
                 ),
             )
+        task = self.deposit_tasks.get(party.channel_id)
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            # The notice may have gone out while the trader was away (or to a trader since restarted).
+            await send(ws, m.Notice(m.BROKER_DEPOSITED, "the broker's deposit is on-chain", party.channel_id))
         if party.pending is not None:
             proposal = party.pending[0]
             if isinstance(proposal.transition, Trade):
@@ -410,7 +420,9 @@ class BrokerAgent:
                 continue
             self.yield_requested.discard(channel_id)
             if party.my_turn() and not party.state.is_final:
-                await self._broadcast_to(party.params.trader, party.yield_turn())
+                message = party.yield_turn()
+                crash_point("broker.yield.before_send")
+                await self._broadcast_to(party.params.trader, message)
 
     def _mark_responsive(self, party: ChannelParty) -> None:
         if party.channel_id in self.unresponsive and party.pending is None:
@@ -430,6 +442,7 @@ class BrokerAgent:
             self._check_params(msg.params)
             party, ack = ChannelParty.accept_setup(self.store, self.state_signer, BROKER, msg)
             self.parties[party.channel_id] = party
+            crash_point("broker.setup_ack.before_send")
             await send(ws, ack)
             self._maybe_deposit(party)
             return
@@ -445,7 +458,9 @@ class BrokerAgent:
             self._check_trader_proposal(channel, proposal, on_chain_deposits)
 
         ack = party.on_proposal(msg, check)
+        crash_point("broker.ack.before_send")
         await send(ws, ack)
+        crash_point("broker.ack.sent")
         self._mark_responsive(party)
 
     def _check_trader_proposal(self, channel: Channel, msg: m.Propose, deposits: tuple[int, int] | None = None) -> None:
@@ -567,7 +582,9 @@ class BrokerAgent:
     async def _deliver(self, party: ChannelParty, proposal: m.Propose) -> bool:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ack_waiters[party.channel_id] = future
+        crash_point("broker.proposal.before_send")
         await self._broadcast_to(party.params.trader, proposal)
+        crash_point("broker.proposal.sent")
         try:
             await asyncio.wait_for(future, self.config.ack_timeout)
         except TimeoutError:
@@ -627,7 +644,9 @@ class BrokerAgent:
         status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
         if status.broker_deposit < self.config.channel_deposit:  # nothing to do when it is 0
             amount = self.config.channel_deposit - status.broker_deposit
+            crash_point("broker.deposit.before_submit")
             await on_chain(self.chain, self.adjudicator.deposit, self.transactor, party.params, self.address, amount)
+            crash_point("broker.deposit.submitted")
             self._event("deposited", f"{amount} into 0x{party.channel_id.hex()}")
         await self._broadcast_to(
             party.params.trader, m.Notice(m.BROKER_DEPOSITED, "the broker's deposit is on-chain", party.channel_id)
@@ -695,6 +714,7 @@ class BrokerAgent:
             await self.phase.wait_for(lambda: self.inflight == 0)
         try:
             await self._collect_turns()
+            await self._finish_trades(book)
             return await self._settle(book)
         finally:
             async with self.phase:
@@ -761,7 +781,7 @@ class BrokerAgent:
         # A channel whose fill the engine would refuse (e.g. no longer well leveraged at the new
         # marks) leaves the book and the batch is cleared again, so that every fill priced is a
         # fill co-signed and the broker ends the batch without a net position.
-        excluded: set[bytes] = set()
+        excluded: set[bytes] = set(self.unsettled.get(book.market.id, ()))  # their last trade comes first
         while True:
             clearing = clear([o for o in orders if o.key[0] not in excluded], book.market.resolution, book.last_price)
             price = BatchPrice(MarketId(book.market.id), batch, Price(clearing.price))
@@ -772,6 +792,7 @@ class BrokerAgent:
                 break
             excluded |= refused
         signature = self.price_signer.sign_price(price)  # never a second price for this batch
+        crash_point("broker.batch.signed")
         with self.store.transaction():  # stored before it is published
             self.store.put_batch_price(StoredBatchPrice(self.address, price, signature))
             self.store.put_meta(
@@ -779,6 +800,9 @@ class BrokerAgent:
                 str(book.market.id),
                 {"open_batch": batch + 1, "last_price": clearing.price, "priced": True},
             )
+            # The trades too: a broker killed before it proposed them all proposes the rest on restart.
+            self.store.put_meta("broker.trades", str(book.market.id), _trades_json(batch, trades) if trades else None)
+        crash_point("broker.batch.stored")
         book.open_batch = batch + 1
         book.history.append(StoredBatchPrice(self.address, price, signature))
         book.last_price = clearing.price
@@ -791,10 +815,63 @@ class BrokerAgent:
         notice = m.BatchPriceMessage(price, signature)
         for trader in list(self.connections):
             await self._broadcast_to(trader, notice)
+        crash_point("broker.batch.published")
         await asyncio.gather(
             *(self._propose(self.parties[ChannelId(cid)], "trade", trade) for cid, trade in trades.items())
         )
+        self._keep_unsettled(book.market.id)
         return price
+
+    def _unproposed_trades(self, market_id: int) -> dict[bytes, Trade]:
+        """The stored trades of the market's last batch not yet proposed (after a crash between
+        storing the batch price and proposing every trade, or a channel that did not answer).
+        A trade that no longer applies (the order was cancelled meanwhile) is dropped: the trader
+        holds the signed price as evidence for a dispute."""
+        saved = self.store.meta("broker.trades", str(market_id))
+        if not saved:
+            return {}
+        batch = int(saved["batch"])
+        left: dict[bytes, Trade] = {}
+        for cid_hex, raw in saved["trades"].items():
+            party = self.parties.get(ChannelId(bytes.fromhex(cid_hex[2:])))
+            trade = m.transition_from_json("trade", raw)
+            if party is None or not isinstance(trade, Trade) or party.state.is_final:
+                continue
+            if party.state.outcomes[party.params.market_index(market_id)].last_batch >= batch:
+                continue  # co-signed already
+            pending = party.pending[0].transition if party.pending is not None else None
+            if isinstance(pending, Trade) and pending.batch_price == trade.batch_price:
+                continue  # proposed; delivered when the trader resumes
+            try:
+                apply(party.channel, trade)
+            except RuleViolation as exc:
+                self._event("left_out", f"{cid_hex} from batch {batch}: {exc.reason}")
+                continue
+            left[party.channel_id] = trade
+        return left
+
+    def _keep_unsettled(self, market_id: int) -> None:
+        """Forget the stored trades of the market once all are proposed; else remember which are not."""
+        left = self._unproposed_trades(market_id)
+        self.unsettled[market_id] = set(left)
+        if not left:
+            self.store.put_meta("broker.trades", str(market_id), None)
+
+    async def _finish_trades(self, book: MarketBook) -> None:
+        """Propose the trades of the last batch that were stored but never proposed, before the
+        next batch of the market is cut (MISSION.md: the fills of batch b are applied before
+        batch b + 1 is priced)."""
+        left = self._unproposed_trades(book.market.id)
+        if left:
+            self._event("resume_trades", f"market {book.market.id}: {len(left)} trade(s) of the last batch")
+            await asyncio.gather(
+                *(
+                    self._propose(self.parties[ChannelId(cid)], "trade", trade)
+                    for cid, trade in left.items()
+                    if cid not in self.unresponsive
+                )
+            )
+        self._keep_unsettled(book.market.id)
 
     def _trades(
         self,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import json
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -26,6 +25,7 @@ from offchain.agents.common import log, on_chain, send, sign_login
 from offchain.chain import errors
 from offchain.chain.client import AdjudicatorClient, TokenClient
 from offchain.chain.connection import Chain, Transactor
+from offchain.crashpoints import crash_point
 from offchain.eip712 import Domain
 from offchain.engine.channel import AccountDeposits, CancelOrder, Channel, CreateOrder, Finalize, Trade
 from offchain.engine.slashing import LeftOutOrder, left_out_orders, two_prices
@@ -261,7 +261,9 @@ class TraderAgent:
         elif isinstance(msg, m.RequestYield):
             party = self._require_party(msg.channel_id)
             if party.flow == COOPERATIVE and party.my_turn() and party.pending is None and not self._busy:
-                await send(ws, party.yield_turn())
+                message = party.yield_turn()
+                crash_point("trader.yield.before_send")
+                await send(ws, message)
         elif isinstance(msg, m.Notice):
             if msg.code == m.BROKER_DEPOSITED:
                 self._broker_deposited = True
@@ -288,6 +290,7 @@ class TraderAgent:
             self._check_setup(msg.params, msg.flow)
             party, ack = ChannelParty.accept_setup(self.store, self.state_signer, TRADER, msg)
             self.party = party
+            crash_point("trader.setup_ack.before_send")
             await send(ws, ack)
             return
         party = self._require_party(msg.channel_id)
@@ -299,7 +302,10 @@ class TraderAgent:
         def check(channel: Channel, proposal: m.Propose) -> None:
             self._check_proposal(channel, proposal, deposits)
 
-        await send(ws, party.on_proposal(msg, check))
+        ack = party.on_proposal(msg, check)
+        crash_point("trader.ack.before_send")
+        await send(ws, ack)
+        crash_point("trader.ack.sent")
 
     def _check_setup(self, params: ChannelParams, flow: str | None) -> None:
         welcome = self.welcome
@@ -375,6 +381,7 @@ class TraderAgent:
         self.signed_prices.setdefault(price.market, set()).add(price.price)
         earlier = self.store.batch_prices(self.welcome.broker, price.market, price.batch)
         if self.store.put_batch_price(record):
+            crash_point("trader.batch_price.stored")
             self.batch_prices_seen += 1
             if self.watchtower is not None:
                 self.watchtower.price(self.welcome.broker, price, record.signature)
@@ -603,6 +610,7 @@ class TraderAgent:
                 )
                 party, proposal = ChannelParty.propose_setup(self.store, self.state_signer, TRADER, params, flow)
                 self.party = party
+                crash_point("trader.setup.before_send")
                 await self._send(proposal)
             await self._wait(lambda: bool(self._party().co_signed.broker_signature), "the setup's countersignature")
         party = self._party()
@@ -623,7 +631,9 @@ class TraderAgent:
         missing = deposit - status.trader_deposit
         if missing > 0:
             await on_chain(self.chain, token.approve, self.transactor, self.adjudicator.address, missing)
+            crash_point("trader.deposit.before_submit")
             await on_chain(self.chain, self.adjudicator.deposit, self.transactor, party.params, self.address, missing)
+            crash_point("trader.deposit.submitted")
             self.events.append(("deposited", str(missing)))
 
     async def _account_deposits(self) -> None:
@@ -668,6 +678,7 @@ class TraderAgent:
         )
         signature = self.signer.sign(self.domain, order)
         self.store.put_order(StoredOrder(party.channel_id, nonce, order, signature))
+        crash_point("trader.order.stored")
         if party.flow == SERVER_INITIATIVE:
             await self._request(
                 m.CreateOrderRequest(party.channel_id, order, signature), lambda: nonce in party.channel.used_nonces
@@ -721,7 +732,9 @@ class TraderAgent:
         party = self._party()
         if not party.co_signed.state.is_final:
             raise TradingChannelsError("the channel has no co-signed final state yet")
+        crash_point("trader.close.before_submit")
         receipt = await on_chain(self.chain, self.adjudicator.close, self.transactor, party.params, party.co_signed)
+        crash_point("trader.close.submitted")
         party.set_status("closed")
         return dict(receipt)
 
@@ -781,7 +794,9 @@ class TraderAgent:
                 await self._until(message_id, party.my_turn, "the turn")
             built = transition() if callable(transition) else transition
             proposal, _ = party.propose(kind, built)
+            crash_point("trader.proposal.before_send")
             message_id = await self._send(proposal)
+            crash_point("trader.proposal.sent")
             try:
                 await self._until(message_id, lambda: party.pending is None, f"the ACK of {kind}")
             except RequestRefused:
@@ -806,10 +821,10 @@ class TraderAgent:
 def _channel_of(raw: str | bytes) -> ChannelId | None:
     """The channel id of a refused message, when it has a well-formed one (for the reply)."""
     try:
-        data = json.loads(raw)
+        data = m.load_frame(raw)  # within the size and nesting bounds: a refused frame may be hostile
         value = data.get("channel_id") if isinstance(data, dict) else None
         if isinstance(value, str) and len(value) == 66 and value.startswith("0x"):
             return ChannelId(bytes.fromhex(value[2:]))
-    except ValueError:
+    except (m.ProtocolError, ValueError):
         pass
     return None

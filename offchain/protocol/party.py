@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from offchain.crashpoints import crash_point
 from offchain.engine.channel import Channel, Transition, Transitioned, apply, expect, setup
 from offchain.engine.rules import RuleViolation
 from offchain.errors import SignatureError
@@ -104,6 +105,7 @@ class ChannelParty:
                 raise ProtocolError(m.CHANNEL_EXISTS, "this channel exists already")
             party = cls(store, signer, role, channel, flow, turn, _unsigned(channel.state))
             store.put_state(channel.state, None, None)
+            crash_point("party.setup.stored")
             signature = signer.sign_state(channel.state)
             proposal = m.Propose(
                 channel_id=params.channel_id,
@@ -117,6 +119,7 @@ class ChannelParty:
             party._record_signature(channel.state, signature)
             party.pending = (proposal, Transitioned(channel, ()))
             party.save()
+        crash_point("party.setup.committed")
         return party, proposal
 
     @classmethod
@@ -146,6 +149,7 @@ class ChannelParty:
             signature = signer.sign_state(channel.state)
             party._record_signature(channel.state, signature)
             party.save()
+        crash_point("party.accept_setup.committed")
         return party, m.Ack(params.channel_id, 0, signature)
 
     @classmethod
@@ -202,11 +206,13 @@ class ChannelParty:
         result = apply(self.channel, transition)
         with self.store.transaction():
             self.store.put_state(result.state, None, None)
+            crash_point("party.propose.stored")
             signature = self.signer.sign_state(result.state)
             self._record_signature(result.state, signature)
             proposal = m.Propose(self.channel_id, kind, transition, result.state, signature)
             self.pending = (proposal, result)
             self.save()
+        crash_point("party.propose.committed")
         return proposal, result
 
     def on_ack(self, ack: m.Ack) -> Transitioned:
@@ -224,6 +230,7 @@ class ChannelParty:
             self.channel = result.channel
             self.pending = None
             self.save()
+        crash_point("party.on_ack.committed")
         return result
 
     def yield_turn(self) -> m.Yield:
@@ -234,6 +241,7 @@ class ChannelParty:
         with self.store.transaction():
             self.turn = self.other_role
             self.save()
+        crash_point("party.yield.committed")
         return m.Yield(self.channel_id, self.state.version)
 
     # ------------------------------------------------------------------ answering
@@ -266,10 +274,12 @@ class ChannelParty:
         with self.store.transaction():
             self.store.put_state(result.state, None, None)
             self._record_signature(result.state, proposal.signature, mine=False)
+            crash_point("party.on_proposal.stored")
             signature = self.signer.sign_state(result.state)
             self._record_signature(result.state, signature)
             self.channel = result.channel
             self.save()
+        crash_point("party.on_proposal.committed")
         return m.Ack(self.channel_id, version, signature)
 
     def on_yield(self, message: m.Yield) -> None:
@@ -284,6 +294,7 @@ class ChannelParty:
         with self.store.transaction():
             self.turn = self.role
             self.save()
+        crash_point("party.on_yield.committed")
 
     def adopt(self, state: ChannelState, trader_signature: Signature, broker_signature: Signature) -> bool:
         """Take a co-signed state newer than ours (after a lost ACK). Only a state we signed

@@ -30,6 +30,7 @@ from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any, Self
 
+from offchain.crashpoints import crash_point
 from offchain.errors import ValidationError
 from offchain.model import BatchPrice, ChannelParams, ChannelState, Order, check_amount, check_uint32
 from offchain.store.base import (
@@ -275,11 +276,15 @@ class SQLiteStore:
                 self._roll_back(conn, depth, savepoint)
                 raise
             self._depth = depth
+            if depth == 0:
+                crash_point("store.before_commit")
             try:
                 conn.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
             except sqlite3.Error:
                 self._roll_back(conn, depth, savepoint)
                 raise
+            if depth == 0:
+                crash_point("store.after_commit")
 
     @staticmethod
     def _roll_back(conn: sqlite3.Connection, depth: int, savepoint: str) -> None:
