@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from eth_abi.exceptions import DecodingError
 from eth_utils.address import to_checksum_address
 from web3.contract import Contract
 from web3.types import TxReceipt
@@ -85,9 +86,18 @@ class OnChainChannel:
 
 
 def _receipt_events(contract: Contract, receipt: TxReceipt, event: str) -> list[dict[str, Any]]:
+    """Every log of ``receipt`` that decodes as ``event``; the others are skipped (web3's own
+    DISCARD lets malformed padding or pointers through as eth_abi DecodingErrors)."""
     from web3.logs import DISCARD
 
-    return [dict(e["args"]) for e in contract.events[event]().process_receipt(receipt, errors=DISCARD)]
+    out = []
+    for entry in receipt["logs"]:
+        single: Any = {"logs": [entry]}
+        try:
+            out += [dict(e["args"]) for e in contract.events[event]().process_receipt(single, errors=DISCARD)]
+        except (DecodingError, ValueError, TypeError, OverflowError):
+            continue
+    return out
 
 
 class AdjudicatorClient:
@@ -295,7 +305,10 @@ class AdjudicatorClient:
         tx = self.chain.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
         if str(tx.get("to")) != self.address:
             raise ChainError("the transaction was not sent to this adjudicator")
-        fn, args = self.contract.decode_function_input(tx["input"])
+        try:
+            fn, args = self.contract.decode_function_input(tx["input"])
+        except (DecodingError, ValueError, TypeError, OverflowError) as exc:  # not calldata of ours
+            raise ChainError(f"undecodable adjudicator calldata: {type(exc).__name__}: {exc}") from exc
         if fn.fn_name not in ("challenge", "refute", "close", "proveLeftOutOrder"):
             raise ChainError(f"{fn.fn_name} does not register a state")
         state = state_from_abi(args["state"])

@@ -359,10 +359,10 @@ def revert_data(exc: BaseException) -> bytes | None:
             continue
         seen.add(id(current))
         data = getattr(current, "data", None)
-        if isinstance(data, str) and _HEX.fullmatch(data):
+        if isinstance(data, dict):
+            data = data.get("data")
+        if isinstance(data, str) and _HEX.fullmatch(data) and len(data) % 2 == 0:
             return bytes.fromhex(data[2:])
-        if isinstance(data, dict) and isinstance(data.get("data"), str):
-            return bytes.fromhex(data["data"][2:])
         for arg in current.args:
             if isinstance(arg, bytes):
                 return arg
@@ -371,7 +371,10 @@ def revert_data(exc: BaseException) -> bytes | None:
             elif isinstance(arg, str):
                 match = _REPR_BYTES.search(arg)
                 if match:
-                    value = ast.literal_eval(match.group(1))
+                    try:
+                        value = ast.literal_eval(match.group(1))
+                    except (SyntaxError, ValueError):  # not a bytes literal after all (e.g. b'\x')
+                        continue
                     if isinstance(value, bytes):
                         return value
         for linked in (current.__cause__, current.__context__):
