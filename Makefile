@@ -5,13 +5,17 @@ BIN := $(VENV)/bin
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 
-.PHONY: demo test setup lint typecheck compile gas clean
+.PHONY: demo test fuzz crash invariants setup lint typecheck compile gas clean
 
 demo: setup
 	$(BIN)/tchan demo
 
 test: setup
 	$(BIN)/python -m pytest -n 2 tests
+
+# Hostile-input fuzzing (docs/fuzzing.md): TCHAN_FUZZ_EXAMPLES cases in total over every handler.
+fuzz: setup
+	TCHAN_FUZZ_EXAMPLES=$${TCHAN_FUZZ_EXAMPLES:-100000} $(BIN)/python -m pytest -n 2 -p no:cacheprovider tests/fuzz
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
@@ -24,6 +28,16 @@ $(STAMP_PY): pyproject.toml
 $(STAMP_NPM): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
+
+# Kill a broker or trader at every crash point, restart it, check nothing is lost (docs/crash-points.md).
+crash: setup
+	$(BIN)/python -m tests.crash
+
+# The contract properties and the adjudicator's invariant at full size (the normal suite runs a sample).
+invariants: setup
+	TCHAN_INVARIANT_EXAMPLES=$${TCHAN_INVARIANT_EXAMPLES:-100} TCHAN_PROPERTY_EXAMPLES=$${TCHAN_PROPERTY_EXAMPLES:-200} \
+		$(BIN)/python -m pytest -n 2 tests/contracts/test_invariants.py tests/contracts/test_payout_property.py \
+		tests/contracts/test_evidence_property.py
 
 lint: setup
 	$(BIN)/ruff check offchain tests

@@ -38,9 +38,9 @@ from tests.contracts.test_evidence import (
     order_state,
     signed_price,
 )
-from tests.contracts.test_payout_property import in_fresh_thread
+from tests.contracts.test_payout_property import PROPERTY_EXAMPLES, in_fresh_thread
 
-PROPERTY_SETTINGS = settings(max_examples=15, deadline=None)
+PROPERTY_SETTINGS = settings(max_examples=PROPERTY_EXAMPLES, deadline=None)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ by exactly those amounts. Each example rolls the chain back itself.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +28,11 @@ HOUR = 3600
 TOKEN_DECIMALS = 6
 OUNCE = 10**6  # one whole synthetic unit (market resolution 10**6)
 MAX_VERSION = 2**48 - 1
+PROPERTY_EXAMPLES = int(os.environ.get("TCHAN_PROPERTY_EXAMPLES", "12"))
+"""Examples per contract property test: a fast sample in the normal suite, more with
+``make invariants`` (which sets TCHAN_PROPERTY_EXAMPLES)."""
 PROPERTY_SETTINGS = settings(
-    max_examples=25,
+    max_examples=PROPERTY_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
