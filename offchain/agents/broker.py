@@ -311,6 +311,8 @@ class BrokerAgent:
             party = self._party_of(trader, msg.channel_id)
             party.on_ack(msg)
             crash_point("broker.ack_received")
+            # A setup ACK that came after the ACK timeout, or after a restart: deposit now (idempotent).
+            self._maybe_deposit(party)
             waiter = self.ack_waiters.get(party.channel_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
