@@ -11,7 +11,7 @@ demo: setup
 	$(BIN)/tchan demo
 
 test: setup
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --dist worksteal tests
 
 # Hostile-input fuzzing (docs/fuzzing.md): TCHAN_FUZZ_EXAMPLES cases in total over every handler.
 fuzz: setup
