@@ -50,7 +50,7 @@ from offchain.engine.channel import (
 )
 from offchain.engine.rules import RuleViolation, fee_lock, fill_collateral
 from offchain.engine.slashing import left_out_orders
-from offchain.errors import SignatureError, TradingChannelsError
+from offchain.errors import ChainError, ContractError, SignatureError, TradingChannelsError
 from offchain.model import (
     MAX_CHALLENGE_DURATION,
     MIN_CHALLENGE_DURATION,
@@ -64,7 +64,7 @@ from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
 from offchain.protocol.party import BROKER, COOPERATIVE, SERVER_INITIATIVE, ChannelParty
 from offchain.signing import BatchPriceSigner, LocalSigner, StateSigner, verify
-from offchain.store import Store, StoredBatchPrice
+from offchain.store import Store, StoredBatchPrice, StoreError
 from offchain.types import (
     Address,
     BatchNumber,
@@ -83,6 +83,8 @@ MARK_LOOKBACK = 1000
 
 MAX_CLOCK_SKEW = 300
 """Seconds a proposal's ``now`` may differ from our clock."""
+DEPOSIT_ATTEMPTS = 8
+"""Tries of the broker's deposit into a channel while the node cannot be reached (about 16 s)."""
 
 
 @dataclass
@@ -381,6 +383,9 @@ class BrokerAgent:
                 ),
             )
         task = self.deposit_tasks.get(party.channel_id)
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            self._maybe_deposit(party)  # it failed while the node was away: again
+            task = self.deposit_tasks.get(party.channel_id)
         if task is not None and task.done() and not task.cancelled() and task.exception() is None:
             # The notice may have gone out while the trader was away (or to a trader since restarted).
             await send(ws, m.Notice(m.BROKER_DEPOSITED, "the broker's deposit is on-chain", party.channel_id))
@@ -552,6 +557,11 @@ class BrokerAgent:
                     refusal = ProtocolError(m.RULE_VIOLATION, exc.reason, exc.rule.value)
                     await send(ws, error_reply(re, refusal, party.channel_id))
                 return False
+            except StoreError as exc:  # e.g. a full disk: nothing was stored, signed or sent
+                self._event("refused", f"{kind} in 0x{party.channel_id.hex()}: {exc.reason}")
+                if ws is not None:
+                    await send(ws, error_reply(re, ProtocolError(exc.code, exc.reason), party.channel_id))
+                return False
             acked = await self._deliver(party, proposal)
         await self._grant_turns()
         return acked
@@ -635,21 +645,37 @@ class BrokerAgent:
                 self._maybe_deposit(party)
 
     def _maybe_deposit(self, party: ChannelParty) -> None:
-        """Deposit the broker's side once the setup is co-signed (MISSION.md: version 0 first)."""
-        if party.channel_id in self.deposit_tasks:
+        """Deposit the broker's side once the setup is co-signed (MISSION.md: version 0 first).
+        A deposit that failed (the node stayed away through every retry) is tried again."""
+        task = self.deposit_tasks.get(party.channel_id)
+        if task is not None and not (task.done() and not task.cancelled() and task.exception() is not None):
             return
         if not party.co_signed.trader_signature or party.state.is_final:
             return
         self.deposit_tasks[party.channel_id] = asyncio.create_task(self._deposit(party))
 
     async def _deposit(self, party: ChannelParty) -> None:
-        status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
-        if status.broker_deposit < self.config.channel_deposit:  # nothing to do when it is 0
-            amount = self.config.channel_deposit - status.broker_deposit
-            crash_point("broker.deposit.before_submit")
-            await on_chain(self.chain, self.adjudicator.deposit, self.transactor, party.params, self.address, amount)
-            crash_point("broker.deposit.submitted")
-            self._event("deposited", f"{amount} into 0x{party.channel_id.hex()}")
+        delay = 0.2
+        for attempt in range(DEPOSIT_ATTEMPTS):  # a node that is away for a while: retry (a revert is final)
+            try:
+                status = await on_chain(self.chain, self.adjudicator.status, party.channel_id)
+                if status.broker_deposit < self.config.channel_deposit:  # nothing to do when it is 0
+                    amount = self.config.channel_deposit - status.broker_deposit
+                    crash_point("broker.deposit.before_submit")
+                    await on_chain(
+                        self.chain, self.adjudicator.deposit, self.transactor, party.params, self.address, amount
+                    )
+                    crash_point("broker.deposit.submitted")
+                    self._event("deposited", f"{amount} into 0x{party.channel_id.hex()}")
+                break
+            except ContractError:
+                raise
+            except ChainError as exc:
+                if attempt == DEPOSIT_ATTEMPTS - 1:
+                    raise
+                self._event("chain_retry", f"deposit into 0x{party.channel_id.hex()}: {exc.reason}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         await self._broadcast_to(
             party.params.trader, m.Notice(m.BROKER_DEPOSITED, "the broker's deposit is on-chain", party.channel_id)
         )

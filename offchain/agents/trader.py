@@ -36,7 +36,7 @@ from offchain.protocol.messages import ProtocolError
 from offchain.protocol.party import COOPERATIVE, ENDED, SERVER_INITIATIVE, TRADER, ChannelParty
 from offchain.settlement import evidence_crosses
 from offchain.signing import CoSignedState, LocalSigner, StateSigner, verify
-from offchain.store import Store, StoredBatchPrice, StoredOrder
+from offchain.store import Store, StoredBatchPrice, StoredOrder, StoreError
 from offchain.types import (
     Address,
     BatchNumber,
@@ -785,7 +785,9 @@ class TraderAgent:
         """Cooperative flow: take the turn, propose, wait for the ACK, yield the turn.
 
         A refusal is final for this proposal: we signed its state, so its version can only ever
-        carry that state (MISSION.md, "Signatures"); the error is raised to the caller."""
+        carry that state (MISSION.md, "Signatures"); the error is raised to the caller. A ``store``
+        refusal (the broker could not write) is not final: the proposal stays pending and is
+        re-sent on the next connection."""
         party = self._party()
         self._busy = True
         try:
@@ -799,8 +801,11 @@ class TraderAgent:
             crash_point("trader.proposal.sent")
             try:
                 await self._until(message_id, lambda: party.pending is None, f"the ACK of {kind}")
-            except RequestRefused:
-                self._withdraw_pending()
+            except RequestRefused as exc:
+                if exc.code != StoreError.code:
+                    self._withdraw_pending()
+                # else the broker could not store it (a full disk): nothing of it was signed there,
+                # and the same signed proposal is re-sent on the next connection.
                 raise
             if party.my_turn() and party.pending is None:
                 await self._send(party.yield_turn())

@@ -16,7 +16,8 @@ The networking lives in the agents; this class is synchronous and does no I/O bu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from offchain.crashpoints import crash_point
@@ -204,7 +205,7 @@ class ChannelParty:
         if not self.my_turn():
             raise ProtocolError(m.NOT_YOUR_TURN, f"it is the {self.turn}'s turn")
         result = apply(self.channel, transition)
-        with self.store.transaction():
+        with self._atomic():
             self.store.put_state(result.state, None, None)
             crash_point("party.propose.stored")
             signature = self.signer.sign_state(result.state)
@@ -225,7 +226,7 @@ class ChannelParty:
         if ack.version != proposal.state.version:
             raise ProtocolError(m.STALE_VERSION, f"ACK for version {ack.version}, pending {proposal.state.version}")
         _verify(result.channel, proposal.state, ack.signature, self.counterpart)
-        with self.store.transaction():
+        with self._atomic():
             self._record_signature(proposal.state, ack.signature, mine=False)
             self.channel = result.channel
             self.pending = None
@@ -238,7 +239,7 @@ class ChannelParty:
             raise ProtocolError(m.WRONG_FLOW, "Yield belongs to the cooperative flow")
         if not self.my_turn() or self.pending is not None:
             raise ProtocolError(m.NOT_YOUR_TURN, "we do not hold the turn, or a proposal is pending")
-        with self.store.transaction():
+        with self._atomic():
             self.turn = self.other_role
             self.save()
         crash_point("party.yield.committed")
@@ -271,7 +272,7 @@ class ChannelParty:
             result = expect(self.channel, proposal.transition, proposal.state)
         except RuleViolation as exc:
             raise ProtocolError(m.RULE_VIOLATION, exc.reason, exc.rule.value) from exc
-        with self.store.transaction():
+        with self._atomic():
             self.store.put_state(result.state, None, None)
             self._record_signature(result.state, proposal.signature, mine=False)
             crash_point("party.on_proposal.stored")
@@ -291,7 +292,7 @@ class ChannelParty:
             raise ProtocolError(m.STALE_VERSION, "Yield for a version we do not know")
         if message.version != self.state.version:
             raise ProtocolError(m.STALE_VERSION, f"Yield at version {message.version}, ours is {self.state.version}")
-        with self.store.transaction():
+        with self._atomic():
             self.turn = self.role
             self.save()
         crash_point("party.on_yield.committed")
@@ -315,11 +316,24 @@ class ChannelParty:
         return True
 
     def set_status(self, status: str) -> None:
-        with self.store.transaction():
+        with self._atomic():
             self.status = status
             self.save()
 
     # ------------------------------------------------------------------ internals
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """A store transaction that, when it fails (a full disk, an I/O error), also undoes what
+        the block changed in memory: the party must not hold, act on or re-send a state, a
+        signature or a pending proposal that its store does not have."""
+        saved = (self.channel, self.co_signed, self.turn, self.status, self.pending)
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            self.channel, self.co_signed, self.turn, self.status, self.pending = saved
+            raise
 
     def _require_open(self) -> None:
         if self.state.is_final and self.co_signed.state.is_final:
