@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 
-.PHONY: demo test fuzz crash invariants setup lint typecheck compile gas clean
+.PHONY: demo test fuzz crash faults invariants setup lint typecheck compile gas clean
 
 demo: setup
 	$(BIN)/tchan demo
@@ -32,6 +32,9 @@ $(STAMP_NPM): package.json package-lock.json
 # Kill a broker or trader at every crash point, restart it, check nothing is lost (docs/crash-points.md).
 crash: setup
 	$(BIN)/python -m tests.crash
+
+faults: setup
+	$(BIN)/python -m pytest -n 2 tests/faults
 
 # The contract properties and the adjudicator's invariant at full size (the normal suite runs a sample).
 invariants: setup
