@@ -83,6 +83,22 @@ def test_a_watchtower_that_is_not_a_websocket_url_is_one_clear_line(tmp_path: Pa
     one_line_error(run, "tchan: invalid_input: --watchtower must be a ws:// or wss:// URL, got 'http://127.0.0.1:8766'")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["trader", "--broker-url", "ws://127.0.0.1:9", "--script"],
+        ["broker", "--market", "1,XAU / USD,2000000000"],
+    ],
+)
+def test_a_negative_dispute_after_is_refused_before_the_node_is_asked(command: list[str], tmp_path: Path) -> None:
+    script = tmp_path / "script.json"
+    script.write_text('[{"sleep": {"seconds": "0"}}]')
+    if command[-1] == "--script":
+        command = [*command, str(script)]
+    run = tchan(*command, "--rpc", "http://127.0.0.1:9", "--dispute-after", "-1")
+    one_line_error(run, "tchan: invalid_input: --dispute-after must not be negative")
+
+
 def test_rpc_must_be_an_http_url() -> None:
     run = tchan("deploy", "--rpc", "127.0.0.1:8545", "--dev-account", "0")
     one_line_error(run, "tchan: invalid_input: --rpc must be an http:// or https:// URL")

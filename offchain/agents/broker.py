@@ -32,7 +32,9 @@ from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, serve
 from websockets.exceptions import ConnectionClosed
 
+from offchain.agents import DEFAULT_DISPUTE_AFTER
 from offchain.agents.common import error_reply, log, login_signer, on_chain, send
+from offchain.agents.fallback import DisputeFallback
 from offchain.chain.client import AdjudicatorClient, TokenClient
 from offchain.chain.connection import Chain, Transactor
 from offchain.crashpoints import crash_point
@@ -62,7 +64,7 @@ from offchain.model import (
 )
 from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
-from offchain.protocol.party import BROKER, COOPERATIVE, SERVER_INITIATIVE, ChannelParty
+from offchain.protocol.party import BROKER, COOPERATIVE, OPEN, SERVER_INITIATIVE, UNRESPONSIVE, ChannelParty
 from offchain.signing import BatchPriceSigner, LocalSigner, StateSigner, verify
 from offchain.store import Store, StoredBatchPrice, StoreError
 from offchain.types import (
@@ -97,6 +99,9 @@ class BrokerConfig:
     channel_deposit: int = 0  # what the broker deposits into each new channel
     markets: tuple[Market, ...] = ()
     reference_prices: dict[int, int] = field(default_factory=dict)  # before a market's first batch
+    dispute_after: float | None = DEFAULT_DISPUTE_AFTER
+    """Seconds a trader may stay unresponsive before the broker challenges its channel (None: never)."""
+    dispute_poll_seconds: float = 1.0
 
 
 @dataclass
@@ -155,11 +160,21 @@ class BrokerAgent:
         self.settling = False  # a batch is being cut, priced and settled
         self.inflight = 0  # broker proposals in flight that change orders or balances
         self.phase = asyncio.Condition()
-        self.yield_requested: set[ChannelId] = set()
+        self.yield_requested: dict[ChannelId, str] = {}  # channel -> the id of its request_yield
         self.unsettled: dict[int, set[bytes]] = {}  # per market: channels whose trade is still to propose
         self.events: list[tuple[str, str]] = []  # (kind, detail) for tests, logs and the demo
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.fallback: DisputeFallback | None = None
+        if config.dispute_after is not None:
+            self.fallback = DisputeFallback(
+                signer,
+                chain,
+                adjudicator,
+                config.dispute_after,
+                poll_seconds=config.dispute_poll_seconds,
+                report=self._event,
+            )
         self._load()
 
     @property
@@ -183,13 +198,17 @@ class BrokerAgent:
         for record in self.store.channels():
             party = ChannelParty.load(self.store, self.state_signer, ChannelId(record.channel_id))
             self.parties[party.channel_id] = party
-            if party.status == "unresponsive":
+            if party.status == UNRESPONSIVE:
                 self.unresponsive.add(party.channel_id)
+            if self.fallback is not None:
+                self.fallback.resume(party)
 
     async def start(self) -> None:
         await on_chain(self.chain, self._approve)
         self._server = await serve(self._serve, self.config.host, self.config.port, max_size=m.MAX_MESSAGE_BYTES)
         self._tasks.append(asyncio.create_task(self._batch_loop()))
+        if self.fallback is not None:
+            self._tasks.append(asyncio.create_task(self.fallback.run()))
         for party in self.parties.values():
             self._maybe_deposit(party)
         log.info("broker %s listening on ws://%s:%d", self.address, self.config.host, self.port)
@@ -327,7 +346,7 @@ class BrokerAgent:
             party = self._party_of(trader, msg.channel_id)
             if party.flow != COOPERATIVE:
                 raise ProtocolError(m.WRONG_FLOW, "turns belong to the cooperative flow")
-            self.yield_requested.add(party.channel_id)
+            self.yield_requested[party.channel_id] = msg.id
             await self._grant_turns()
         elif isinstance(msg, m.CreateOrderRequest):
             party = self._server_initiative(trader, msg.channel_id)
@@ -421,20 +440,28 @@ class BrokerAgent:
         broker is proposing in that channel (then the turn is granted afterwards)."""
         if self.settling:
             return
-        for channel_id in list(self.yield_requested):
+        for channel_id, request_id in list(self.yield_requested.items()):
             party = self.parties[channel_id]
             if self.channel_locks[channel_id].locked() or party.pending is not None:
                 continue
-            self.yield_requested.discard(channel_id)
+            del self.yield_requested[channel_id]
             if party.my_turn() and not party.state.is_final:
-                message = party.yield_turn()
+                try:
+                    message = party.yield_turn()
+                except StoreError as exc:  # e.g. a full disk: the turn stays ours; say so at once
+                    self._event("refused", f"yield in 0x{channel_id.hex()}: {exc.reason}")
+                    refusal = error_reply(request_id, ProtocolError(exc.code, exc.reason), channel_id)
+                    await self._broadcast_to(party.params.trader, refusal)
+                    continue
                 crash_point("broker.yield.before_send")
                 await self._broadcast_to(party.params.trader, message)
 
     def _mark_responsive(self, party: ChannelParty) -> None:
-        if party.channel_id in self.unresponsive and party.pending is None:
+        if party.channel_id in self.unresponsive and party.pending is None and party.status == UNRESPONSIVE:
             self.unresponsive.discard(party.channel_id)
-            party.set_status("open")
+            party.set_status(OPEN)
+            if self.fallback is not None:
+                self.fallback.responsive(party)
             self._event("responsive", f"0x{party.channel_id.hex()}")
 
     # ------------------------------------------------------------------ proposals of the trader
@@ -576,7 +603,7 @@ class BrokerAgent:
         try:
             await asyncio.wait_for(event.wait(), self.config.ack_timeout)
         except TimeoutError:
-            self._report_unresponsive(party, "did not yield the turn")
+            self._report_unresponsive(party, "did not yield the turn", reconnect=True)
             return False
         return party.my_turn()
 
@@ -600,7 +627,7 @@ class BrokerAgent:
         try:
             await asyncio.wait_for(future, self.config.ack_timeout)
         except TimeoutError:
-            self._report_unresponsive(party, f"did not countersign version {proposal.state.version}")
+            self._report_unresponsive(party, f"did not countersign version {proposal.state.version}", reconnect=True)
             return False
         except ProtocolError as exc:
             self._report_unresponsive(party, f"refused version {proposal.state.version}: {exc.code}")
@@ -609,11 +636,20 @@ class BrokerAgent:
             self.ack_waiters.pop(party.channel_id, None)
         return True
 
-    def _report_unresponsive(self, party: ChannelParty, why: str) -> None:
-        """The counterparty stopped answering: report it so that the dispute path can take over."""
+    def _report_unresponsive(self, party: ChannelParty, why: str, reconnect: bool = False) -> None:
+        """The counterparty stopped answering (or refused our proposal). Recover first: with
+        ``reconnect`` (an answer that is late, perhaps lost on the way) the trader's connections
+        are dropped, so it reconnects and resumes, and the pending proposal is sent again. A
+        channel still unresponsive ``dispute_after`` seconds later is challenged (agents/fallback.py)."""
         self.unresponsive.add(party.channel_id)
-        party.set_status("unresponsive")
+        if party.status == OPEN:
+            party.set_status(UNRESPONSIVE)
         self._event("unresponsive", f"0x{party.channel_id.hex()}: trader {party.params.trader} {why}")
+        if self.fallback is not None:
+            self.fallback.unresponsive(party)
+        if reconnect:
+            for ws in list(self.connections.get(party.params.trader, ())):
+                self._spawn(ws.close(code=1011, reason="late answer: reconnect and resume"))
 
     async def _broadcast_to(self, trader: Address, message: m.Message) -> None:
         for ws in list(self.connections.get(trader, ())):
@@ -759,6 +795,7 @@ class BrokerAgent:
             if p.flow == COOPERATIVE
             and not p.my_turn()
             and p.channel_id not in self.unresponsive
+            and p.status == OPEN
             and not p.state.is_final
             and p.co_signed.broker_signature
         ]
@@ -769,7 +806,12 @@ class BrokerAgent:
         orders: list[BookOrder] = []
         by_key: dict[tuple[bytes, int], OpenOrder] = {}
         for party in self.parties.values():
-            if party.channel_id in self.unresponsive or party.pending is not None or party.state.is_final:
+            if (
+                party.channel_id in self.unresponsive
+                or party.status != OPEN
+                or party.pending is not None
+                or party.state.is_final
+            ):
                 continue
             for open_order in party.state.open_orders:
                 order = open_order.order

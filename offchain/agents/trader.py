@@ -21,7 +21,9 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from offchain.agents import DEFAULT_DISPUTE_AFTER
 from offchain.agents.common import log, on_chain, send, sign_login
+from offchain.agents.fallback import DisputeFallback
 from offchain.chain import errors
 from offchain.chain.client import AdjudicatorClient, TokenClient
 from offchain.chain.connection import Chain, Transactor
@@ -33,7 +35,15 @@ from offchain.errors import ChainError, ContractError, SignatureError, TradingCh
 from offchain.model import BatchPrice, ChannelParams, ChannelState, OpenOrder, Order
 from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
-from offchain.protocol.party import COOPERATIVE, ENDED, SERVER_INITIATIVE, TRADER, ChannelParty
+from offchain.protocol.party import (
+    COOPERATIVE,
+    ENDED,
+    OPEN,
+    SERVER_INITIATIVE,
+    TRADER,
+    UNRESPONSIVE,
+    ChannelParty,
+)
 from offchain.settlement import evidence_crosses
 from offchain.signing import CoSignedState, LocalSigner, StateSigner, verify
 from offchain.store import Store, StoredBatchPrice, StoredOrder, StoreError
@@ -103,6 +113,8 @@ class TraderAgent:
         reconnect_delay: float = 0.2,
         watchtower: WatchtowerLink | None = None,
         slash_check_seconds: float = 30.0,
+        dispute_after: float | None = DEFAULT_DISPUTE_AFTER,
+        dispute_poll_seconds: float = 1.0,
     ) -> None:
         self.signer = signer
         self.watchtower = watchtower
@@ -141,6 +153,18 @@ class TraderAgent:
         for record in store.channels():
             self.party = ChannelParty.load(store, self.state_signer, record.channel_id)
         self._load_marks()
+        self.fallback: DisputeFallback | None = None
+        if dispute_after is not None:
+            self.fallback = DisputeFallback(
+                signer,
+                chain,
+                adjudicator,
+                dispute_after,
+                poll_seconds=dispute_poll_seconds,
+                report=lambda kind, detail: self.events.append((kind, detail)),
+            )
+            if self.party is not None:
+                self.fallback.resume(self.party)
 
     @property
     def address(self) -> Address:
@@ -153,6 +177,8 @@ class TraderAgent:
         self._after_change()  # a state restored from the store may already be a proof
         self._run_task = asyncio.create_task(self._run())
         self._spawn(self._watch_slashing())
+        if self.fallback is not None:
+            self._spawn(self.fallback.run())
         await self._wait(lambda: self.welcome is not None and self.ws is not None, "the broker's welcome")
 
     async def stop(self) -> None:
@@ -252,6 +278,7 @@ class TraderAgent:
         elif isinstance(msg, m.Ack):
             party = self._require_party(msg.channel_id)
             party.on_ack(msg)
+            self._broker_answered()
         elif isinstance(msg, m.BatchPriceMessage):
             self._on_batch_price(msg)
         elif isinstance(msg, m.Sync):
@@ -303,6 +330,7 @@ class TraderAgent:
             self._check_proposal(channel, proposal, deposits)
 
         ack = party.on_proposal(msg, check)
+        self._broker_answered()
         crash_point("trader.ack.before_send")
         await send(ws, ack)
         crash_point("trader.ack.sent")
@@ -596,7 +624,9 @@ class TraderAgent:
             if flow == SERVER_INITIATIVE:
                 self._expected_setup_nonce = nonce
                 self._expected_challenge_duration = challenge_duration
-                await self._request(m.RequestSetup(nonce, challenge_duration), lambda: self.party is not None)
+                await self._request(
+                    m.RequestSetup(nonce, challenge_duration), lambda: self.party is not None, again=False
+                )
             else:
                 params = ChannelParams(
                     chain_id=self.chain.chain_id,
@@ -755,31 +785,100 @@ class TraderAgent:
 
     # ------------------------------------------------------------------ request / propose plumbing
 
-    async def _request(self, message: m.Message, done: Callable[[], bool]) -> None:
-        """Send an unsigned request (server-initiative flow) and wait until ``done`` holds."""
+    async def _request(self, message: m.Message, done: Callable[[], bool], again: bool = True) -> None:
+        """Send an unsigned request (server-initiative flow) and wait until ``done`` holds; a late
+        answer sends it ``again`` after reconnecting (a request already carried out is refused
+        then, which changes nothing)."""
+        if self.party is not None:
+            self._require_trading(self.party)
         message_id = await self._send(message)
-        await self._until(message_id, done, m.type_name(message))
+        await self._until(message_id, done, m.type_name(message), message if again else None)
 
-    async def _until(self, message_id: str, done: Callable[[], bool], what: str) -> None:
-        """Wait until ``done`` holds or the broker refuses ``message_id``. A broker that stays
-        silent past the timeout is reported unresponsive (the dispute path takes over)."""
-        future = self._replies[message_id]
+    async def _until(
+        self, message_id: str, done: Callable[[], bool], what: str, again: m.Message | None = None
+    ) -> None:
+        """Wait until ``done`` holds or the broker refuses ``message_id``.
+
+        An answer later than the timeout may have been lost on a live connection: the trader
+        reconnects and resumes (the pending proposal is sent again, and the broker re-sends its
+        own), sends ``again`` once more, and waits another timeout. A broker still silent then is
+        reported unresponsive, and the channel is challenged on-chain if it stays so for
+        ``dispute_after`` seconds (agents/fallback.py)."""
+        try:
+            await self._answer(message_id, done, what, refusal_ends=True)
+        except AgentTimeout:
+            if not await self._reconnect(what):
+                self._broker_unresponsive(what)
+                raise
+            retry_id = await self._send(again) if again is not None else message_id
+            try:
+                # A refusal of a repeated request may only mean it was carried out the first time.
+                await self._answer(retry_id, done, what, refusal_ends=again is None)
+            except AgentTimeout:
+                self._broker_unresponsive(what)
+                raise
+        finally:
+            self._replies.pop(message_id, None)
+
+    async def _answer(self, message_id: str, done: Callable[[], bool], what: str, refusal_ends: bool) -> None:
+        """Wait until ``done`` holds (AgentTimeout after the timeout). A refusal of ``message_id``
+        is raised at once with ``refusal_ends``, else only if ``done`` still fails at the end."""
+        future = self._replies.setdefault(message_id, asyncio.get_running_loop().create_future())
         waiter = asyncio.ensure_future(self._wait(done, what))
         try:
-            finished, _ = await asyncio.wait({waiter, future}, return_when=asyncio.FIRST_COMPLETED)
-            if future in finished and not done():
-                future.result()  # raises RequestRefused
-            await waiter
-        except AgentTimeout:
-            if self.party is not None:
-                self.party.set_status("unresponsive")
-            self.events.append(("unresponsive", f"the broker did not answer: {what}"))
-            raise
+            if refusal_ends:
+                finished, _ = await asyncio.wait({waiter, future}, return_when=asyncio.FIRST_COMPLETED)
+                if future in finished and not done():
+                    future.result()  # raises RequestRefused
+            try:
+                await waiter
+            except AgentTimeout:
+                if future.done() and not future.cancelled():
+                    future.result()  # the refusal is the answer
+                raise
         finally:
             self._replies.pop(message_id, None)
             for task in (waiter, future):
                 if not task.done():
                     task.cancel()
+
+    async def _reconnect(self, what: str) -> bool:
+        """Drop the connection and wait for the next one (its resume re-sends what is pending)."""
+        self.events.append(("reconnecting", f"late answer: {what}"))
+        old = self.ws
+        if old is not None:
+            await old.close()
+        try:
+            await self._wait(lambda: self.ws is not None and self.ws is not old, "a reconnection")
+        except AgentTimeout:
+            return False
+        self.events.append(("reconnected", f"resumed after a late answer: {what}"))
+        return True
+
+    @staticmethod
+    def _require_trading(party: ChannelParty) -> None:
+        """Nothing is asked for or proposed in a channel in a dispute or paid out on-chain."""
+        if party.status not in (OPEN, UNRESPONSIVE):
+            raise ProtocolError(m.CHANNEL_CLOSED, f"the channel is {party.status} on-chain")
+
+    def _broker_unresponsive(self, what: str) -> None:
+        self.events.append(("unresponsive", f"the broker did not answer: {what}"))
+        party = self.party
+        if party is None:
+            return
+        if party.status == OPEN:
+            party.set_status(UNRESPONSIVE)
+        if self.fallback is not None:
+            self.fallback.unresponsive(party)
+
+    def _broker_answered(self) -> None:
+        """A countersignature or a proposal we accepted: the broker is back."""
+        party = self.party
+        if party is not None and party.status == UNRESPONSIVE and party.pending is None:
+            party.set_status(OPEN)
+            if self.fallback is not None:
+                self.fallback.responsive(party)
+            self.events.append(("responsive", "the broker answers again"))
 
     async def _propose(self, kind: str, transition: Any) -> None:
         """Cooperative flow: take the turn, propose, wait for the ACK, yield the turn.
@@ -789,11 +888,13 @@ class TraderAgent:
         refusal (the broker could not write) is not final: the proposal stays pending and is
         re-sent on the next connection."""
         party = self._party()
+        self._require_trading(party)
         self._busy = True
         try:
             if not party.my_turn():
-                message_id = await self._send(m.RequestYield(party.channel_id))
-                await self._until(message_id, party.my_turn, "the turn")
+                request = m.RequestYield(party.channel_id)
+                message_id = await self._send(request)
+                await self._until(message_id, party.my_turn, "the turn", request)
             built = transition() if callable(transition) else transition
             proposal, _ = party.propose(kind, built)
             crash_point("trader.proposal.before_send")

@@ -126,9 +126,9 @@ class Transactor:
         except Exception as exc:
             raise translate_error(exc) from exc
         tx["gas"] = gas
-        tx["nonce"] = w3.eth.get_transaction_count(self.address, "pending")
-        signed = self.account.sign_transaction(tx)
-        try:
+        try:  # the nonce lookup is a request too: a node error there is a ChainError like any other
+            tx["nonce"] = w3.eth.get_transaction_count(self.address, "pending")
+            signed = self.account.sign_transaction(tx)
             tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
             receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
         except Exception as exc:

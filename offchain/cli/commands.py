@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from offchain.agents import DEFAULT_DISPUTE_AFTER
 from offchain.cli.common import (
     ANVIL_CHAIN_ID,
     DEV_ACCOUNTS,
@@ -172,6 +173,7 @@ def broker_command(args: argparse.Namespace, broker_class: type[BrokerAgent] | N
     if args.batch_seconds <= 0 or args.ack_timeout <= 0:
         raise ValidationError("--batch-seconds and --ack-timeout must be positive")
     check_port(args.port)
+    dispute = dispute_after(args)
     if args.channel_deposit < 0 or args.resolution < 1:
         raise ValidationError("--channel-deposit must not be negative and --resolution must be at least 1")
     if not args.market:
@@ -196,6 +198,7 @@ def broker_command(args: argparse.Namespace, broker_class: type[BrokerAgent] | N
         batch_seconds=args.batch_seconds,
         fee_bps=args.fee_bps,
         ack_timeout=args.ack_timeout,
+        dispute_after=dispute,
         channel_deposit=args.channel_deposit,
         markets=tuple(markets),
         reference_prices=references,
@@ -219,6 +222,23 @@ def broker_command(args: argparse.Namespace, broker_class: type[BrokerAgent] | N
     return 0
 
 
+def add_dispute_after_arg(p: argparse.ArgumentParser, counterparty: str) -> None:
+    p.add_argument(
+        "--dispute-after",
+        type=float,
+        default=DEFAULT_DISPUTE_AFTER,
+        metavar="SECONDS",
+        help=f"challenge a channel on-chain once the {counterparty} has stayed unresponsive this long, "
+        f"after reconnecting did not help; 0 never (default: {DEFAULT_DISPUTE_AFTER:g})",
+    )
+
+
+def dispute_after(args: argparse.Namespace) -> float | None:
+    if args.dispute_after < 0:
+        raise ValidationError("--dispute-after must not be negative")
+    return args.dispute_after or None
+
+
 # --------------------------------------------------------------------------- trader
 
 
@@ -237,6 +257,7 @@ async def running_trader(args: argparse.Namespace, out: Output) -> AsyncIterator
         raise ValidationError(f"--broker-url must be a ws:// or wss:// URL, got {args.broker_url!r}")
     if args.timeout <= 0:
         raise ValidationError("--timeout must be positive")
+    dispute = dispute_after(args)
     _, chain, deployment = open_deployment(args)
     key = load_key(args, chain.chain_id)
     store = open_store(args.store)
@@ -249,6 +270,7 @@ async def running_trader(args: argparse.Namespace, out: Output) -> AsyncIterator
         deployment.adjudicator,
         timeout=args.timeout,
         watchtower=watchtower,
+        dispute_after=dispute,
     )
     try:
         if watchtower is not None:
@@ -445,6 +467,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--batch-seconds", type=float, default=2.0, help="length of a batch (default: 2)")
     p.add_argument("--fee-bps", type=int, default=10, help="fee in basis points of each fill (default: 10)")
     p.add_argument("--ack-timeout", type=float, default=10.0, help="seconds before a silent trader is reported")
+    add_dispute_after_arg(p, "trader")
     p.add_argument(
         "--channel-deposit", type=int, default=0, help="token base units the broker deposits into each channel"
     )
@@ -468,6 +491,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--store", default="trader.db", help="SQLite store (default: trader.db)")
     p.add_argument("--script", help="JSON script of steps (see docs/protocol.md); without it, a prompt")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker (default: 30)")
+    add_dispute_after_arg(p, "broker")
     p.add_argument(
         "--watchtower",
         metavar="WS_URL",

@@ -35,7 +35,14 @@ TRADER = "trader"
 BROKER = "broker"
 SERVER_INITIATIVE = "server_initiative"
 COOPERATIVE = "cooperative"
-ENDED = ("closed", "concluded")
+OPEN = "open"
+UNRESPONSIVE = "unresponsive"
+"""The counterparty stopped answering; the agent recovers or, in time, disputes (agents/fallback.py)."""
+DISPUTED = "disputed"
+"""This agent challenged the channel on-chain: it signs nothing more in it."""
+CLOSED = "closed"
+CONCLUDED = "concluded"
+ENDED = (CLOSED, CONCLUDED)
 """Statuses of a channel that has been paid out on-chain: nothing is proposed or signed in it."""
 
 ContextCheck = Callable[[Channel, m.Propose], None]
@@ -340,6 +347,8 @@ class ChannelParty:
             raise ProtocolError(m.CHANNEL_CLOSED, "the channel is final")
         if self.status in ENDED:
             raise ProtocolError(m.CHANNEL_CLOSED, f"the channel has {self.status} on-chain")
+        if self.status == DISPUTED:
+            raise ProtocolError(m.CHANNEL_CLOSED, "the channel is in a dispute on-chain")
 
     def _duplicate(self, proposal: m.Propose) -> m.Ack:
         stored = self.store.state(self.channel_id, proposal.state.version)

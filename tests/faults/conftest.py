@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 
 from offchain.agents.broker import BrokerAgent
 from offchain.agents.trader import TraderAgent
+from offchain.agents.watchtower import Watchtower
 from offchain.chain.connection import Chain
 from offchain.protocol import messages as m
 from offchain.protocol.party import ChannelParty
@@ -212,6 +213,30 @@ class FullDiskStore(SQLiteStore):
                 raise sqlite3.OperationalError("database or disk is full")
 
 
+class DiskFullDuring:
+    """Makes ``store`` full while the next ``calls`` calls of ``target.name`` run (the disk fills
+    up at that very moment, e.g. while a party stores a yield or a trade, and has room again
+    right after); ``hits`` counts the calls that ran on a full disk."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, store: FullDiskStore, target: object, name: str, calls: int = 1
+    ) -> None:
+        self.hits = 0
+        original = getattr(target, name)
+
+        def full(*args: Any, **kw: Any) -> Any:
+            if self.hits >= calls:
+                return original(*args, **kw)
+            self.hits += 1
+            store.full = True
+            try:
+                return original(*args, **kw)
+            finally:
+                store.full = False
+
+        monkeypatch.setattr(target, name, full)
+
+
 # --------------------------------------------------------------------------- a clock that jumps
 
 
@@ -338,5 +363,5 @@ def check_conservation(broker: BrokerAgent, trader: TraderAgent) -> None:
     assert total == balances.trader_deposit + balances.broker_deposit or tp.co_signed.state.version == 0
 
 
-def kinds(agent: TraderAgent | BrokerAgent) -> list[str]:
+def kinds(agent: TraderAgent | BrokerAgent | Watchtower) -> list[str]:
     return [kind for kind, _ in agent.events]

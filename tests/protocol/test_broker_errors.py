@@ -447,12 +447,20 @@ def test_silent_trader_is_reported_unresponsive(net: Net) -> None:
         assert o.theirs.status == "unresponsive" and o.cid in broker.unresponsive
         assert broker.store.channel(o.cid).meta["status"] == "unresponsive"  # type: ignore[union-attr]
         assert o.theirs.pending is not None and o.theirs.co_signed.state.version == o.party.state.version
-        # a late ACK brings the channel back
-        await o.client.send(o.party.on_proposal(proposal))
+        # to recover, the broker drops the connection ...
+        with pytest.raises(ConnectionClosed) as closed:
+            await o.client.recv(3)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        # ... and on resume sends the pending proposal again; a late ACK brings the channel back
+        client = await RawClient.connect(broker, o.agent.signer)
+        await client.send(m.Resume(o.cid))
+        again = await client.expect(lambda x: isinstance(x, m.Propose))
+        assert again == proposal
+        await client.send(o.party.on_proposal(proposal))
         await eventually(lambda: o.theirs.status == "open", "the channel back open")
         assert o.theirs.co_signed.state == proposal.state and o.cid not in broker.unresponsive
         assert ("responsive", f"0x{o.cid.hex()}") in broker.events
-        await finish(o.client, broker)
+        await finish(client, broker)
 
     run(body())
 
