@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 
-.PHONY: demo test fuzz crash faults invariants setup lint typecheck compile gas clean
+.PHONY: demo test fuzz crash faults invariants setup lint typecheck compile gas bench clean
 
 demo: setup
 	$(BIN)/tchan demo
@@ -54,6 +54,10 @@ compile: setup
 
 gas: setup
 	$(BIN)/tchan gas
+
+# Every benchmark under bench/ and one table of the MISSION.md bars, met or missed (bench/results/all.json).
+bench: setup
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .hypothesis

@@ -54,6 +54,20 @@ total) pro rata to ``remaining``, rounding down; the leftover units (fewer than 
 orders at the price) go one each to the orders at the price in ascending ``sequence`` (time
 priority). The buy fills and the sell fills both sum to V exactly, so the broker carries no net
 position. Fills of 0 are not reported.
+
+**Two implementations, one result.** :func:`clear_reference` is the plain Python version of the
+above. :func:`clear_columns` does the same on a columnar book (numpy int64 arrays, one row per
+order) and :func:`clear` uses it whenever the book fits int64 arithmetic, and the reference
+otherwise. They agree to the base unit (tests/unit/test_auction.py compares them on random books)
+because they compute the same integers: the grid limits are the same floor/ceil divisions; D and
+S are the same prefix sums over the same sorted limits (ties in any order give the same sums at
+group boundaries, the only places bisection lands), and the price search is one shared function
+(:func:`_clearing_price`) over them; the fills are the same floors ``left * remaining //
+at_total`` with the leftover units handed out in ascending ``sequence`` to the at-price orders
+that have room. The fast path is taken only when no intermediate can leave int64: every
+``amount_collateral * resolution`` < 2^63 - 1 (so every limit is < 2^63 - 1 and a price clamped
+to 2^63 - 1 sees the same D and S), the sum of all ``remaining`` < 2^63, and the pro-rata
+products ``left * remaining`` are computed with Python ints when they could overflow.
 """
 
 from __future__ import annotations
@@ -63,10 +77,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
+import numpy as np
+import numpy.typing as npt
+
 from offchain.errors import ValidationError
 
 MIN_PRICE = 1
 MAX_PRICE = 2**64 - 1
+INT64_LIMIT = 2**63 - 1
+"""The largest int64; the columnar path keeps every intermediate below it."""
+
+Int64Array = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 OrderKey = tuple[bytes, int]
 """(channel_id, order nonce)."""
@@ -249,14 +271,8 @@ def curves(orders: Sequence[BookOrder], resolution: int, prices: Sequence[int]) 
 # --------------------------------------------------------------------------- the auction
 
 
-def clear(orders: Sequence[BookOrder], resolution: int, previous_price: int) -> Clearing:
-    """Run the batch auction: the clearing price and every order's fill (see the module doc)."""
-    _validate(orders, resolution)
-    if not MIN_PRICE <= _check_int("previous_price", previous_price) <= MAX_PRICE:
-        raise ValidationError(f"previous_price must be in [{MIN_PRICE}, {MAX_PRICE}], got {previous_price}")
-    book = _Book(orders, resolution)
-    demand, supply = book.demand, book.supply
-
+def _clearing_price(demand: Callable[[int], int], supply: Callable[[int], int], previous_price: int) -> int:
+    """The clearing price of the module doc, from D and S (shared by both implementations)."""
     # The feasible prices [p0, p1]; p0 <= MAX_PRICE because D(MAX_PRICE + 1) = 0.
     p0 = _first_true(MIN_PRICE, MAX_PRICE, lambda p: demand(p + 1) <= supply(p))
     p1 = _first_true(p0, MAX_PRICE, lambda p: supply(p - 1) > demand(p)) - 1
@@ -278,7 +294,41 @@ def clear(orders: Sequence[BookOrder], resolution: int, previous_price: int) -> 
         # Nothing can trade: the imbalance means nothing, so the price stays as close to the
         # previous one as the book allows (no order strictly better than it).
         lo, hi = p0, p1
-    price = min(max(previous_price, lo), hi)
+    return min(max(previous_price, lo), hi)
+
+
+def _check_previous(previous_price: int) -> None:
+    if not MIN_PRICE <= _check_int("previous_price", previous_price) <= MAX_PRICE:
+        raise ValidationError(f"previous_price must be in [{MIN_PRICE}, {MAX_PRICE}], got {previous_price}")
+
+
+def clear(orders: Sequence[BookOrder], resolution: int, previous_price: int) -> Clearing:
+    """Run the batch auction: the clearing price and every order's fill (see the module doc).
+
+    The columnar implementation when the book fits int64 arithmetic, else the reference; both
+    give the same result, fills reported in the same order."""
+    columns = _columns_of(orders, resolution)
+    if columns is None:
+        return clear_reference(orders, resolution, previous_price)
+    try:
+        result = _clear_arrays(*columns, resolution, previous_price)
+    except ValidationError:
+        result = None  # the reference refuses it, with the message naming the order
+    if result is None:
+        return clear_reference(orders, resolution, previous_price)
+    rows = result.filled_rows.tolist()
+    amounts = result.fills[result.filled_rows].tolist()
+    fills = {orders[row].key: amount for row, amount in zip(rows, amounts, strict=True)}
+    return Clearing(price=result.price, volume=result.volume, demand=result.demand, supply=result.supply, fills=fills)
+
+
+def clear_reference(orders: Sequence[BookOrder], resolution: int, previous_price: int) -> Clearing:
+    """The batch auction in plain Python integers (any size of amounts): the reference."""
+    _validate(orders, resolution)
+    _check_previous(previous_price)
+    book = _Book(orders, resolution)
+    demand, supply = book.demand, book.supply
+    price = _clearing_price(demand, supply, previous_price)
 
     d, s = demand(price), supply(price)
     volume = min(d, s)
@@ -326,3 +376,219 @@ def _fill_side(
     for order, share in zip(at, shares, strict=True):
         if share:
             fills[order.key] = share
+
+
+# --------------------------------------------------------------------------- the columnar auction
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnClearing:
+    """The outcome of :func:`clear_columns`: like :class:`Clearing`, with the fills as an array."""
+
+    price: int
+    volume: int
+    demand: int
+    supply: int
+    fills: Int64Array
+    """Synthetic base units filled, one per row of the book (0: not filled)."""
+    filled_rows: Int64Array
+    """The rows with a fill > 0, in the order :func:`clear_reference` reports them: the buys
+    strictly better than the price by (limit, row), then the buys at the price by row, then the
+    sells likewise."""
+
+
+def clear_columns(
+    is_buy: BoolArray,
+    amount_synthetic: Int64Array,
+    amount_collateral: Int64Array,
+    remaining: Int64Array,
+    sequence: Int64Array,
+    resolution: int,
+    previous_price: int,
+) -> ColumnClearing:
+    """The batch auction of a columnar book: one row per order, the columns as numpy arrays of
+    equal length (``is_buy`` bool, the others int64). Same rules, same result as :func:`clear`
+    of the same orders in the same order (rows play the part of the order keys)."""
+    n = len(is_buy)
+    for name, column, dtype in (
+        ("is_buy", is_buy, np.bool_),
+        ("amount_synthetic", amount_synthetic, np.int64),
+        ("amount_collateral", amount_collateral, np.int64),
+        ("remaining", remaining, np.int64),
+        ("sequence", sequence, np.int64),
+    ):
+        if not isinstance(column, np.ndarray) or column.dtype != dtype or column.shape != (n,):
+            raise ValidationError(f"{name} must be a 1-d numpy array of {np.dtype(dtype).name}, {n} long")
+    if _check_int("resolution", resolution) < 1:
+        raise ValidationError(f"resolution must be >= 1, got {resolution}")
+    result = _clear_arrays(is_buy, amount_synthetic, amount_collateral, remaining, sequence, resolution, previous_price)
+    if result is not None:
+        return result
+    # Too large for int64 arithmetic: the reference, on Python ints.
+    orders = [
+        BookOrder((b"", row), bool(b), s, c, r, q)
+        for row, (b, s, c, r, q) in enumerate(
+            zip(
+                is_buy.tolist(),
+                amount_synthetic.tolist(),
+                amount_collateral.tolist(),
+                remaining.tolist(),
+                sequence.tolist(),
+                strict=True,
+            )
+        )
+    ]
+    reference = clear_reference(orders, resolution, previous_price)
+    fills = np.zeros(n, dtype=np.int64)
+    rows = np.array([key[1] for key in reference.fills], dtype=np.int64)
+    fills[rows] = np.array(list(reference.fills.values()), dtype=np.int64)
+    return ColumnClearing(reference.price, reference.volume, reference.demand, reference.supply, fills, rows)
+
+
+def _columns_of(
+    orders: Sequence[BookOrder], resolution: int
+) -> tuple[BoolArray, Int64Array, Int64Array, Int64Array, Int64Array] | None:
+    """The book as columns, or None if it is not a valid book of int64 amounts (then the
+    reference takes it, and refuses it with the same message as always if it is invalid)."""
+    if not orders or type(resolution) is not int or resolution < 1:
+        return None
+    if len({o.key for o in orders}) != len(orders):
+        return None
+    buys = [o.is_buy for o in orders]
+    synthetic = [o.amount_synthetic for o in orders]
+    collateral = [o.amount_collateral for o in orders]
+    remaining = [o.remaining for o in orders]
+    sequence = [o.sequence for o in orders]
+    if set(map(type, buys)) != {bool}:
+        return None
+    types: set[type] = set()
+    for column in (synthetic, collateral, remaining, sequence):
+        types.update(map(type, column))
+    if types != {int}:  # no bools, no floats
+        return None
+    try:
+        return (
+            np.array(buys, dtype=np.bool_),
+            np.array(synthetic, dtype=np.int64),
+            np.array(collateral, dtype=np.int64),
+            np.array(remaining, dtype=np.int64),
+            np.array(sequence, dtype=np.int64),
+        )
+    except OverflowError:
+        return None
+
+
+def _check_columns(
+    amount_synthetic: Int64Array, amount_collateral: Int64Array, remaining: Int64Array, sequence: Int64Array
+) -> None:
+    def first(bad: BoolArray) -> int:
+        return int(np.flatnonzero(bad)[0])
+
+    if (bad := amount_synthetic <= 0).any():
+        row = first(bad)
+        raise ValidationError(f"row {row}: amount_synthetic must be > 0, got {amount_synthetic[row]}")
+    if (bad := amount_collateral < 0).any():
+        row = first(bad)
+        raise ValidationError(f"row {row}: amount_collateral must be >= 0, got {amount_collateral[row]}")
+    if (bad := (remaining < 1) | (remaining > amount_synthetic)).any():
+        row = first(bad)
+        raise ValidationError(f"row {row}: remaining must be in [1, {amount_synthetic[row]}], got {remaining[row]}")
+    ordered = np.sort(sequence)
+    if (same := ordered[1:] == ordered[:-1]).any():
+        raise ValidationError(f"duplicate sequence {ordered[first(same)]}")
+
+
+def _sorted_side(limits: Int64Array, rows: Int64Array, row_bits: int) -> tuple[Int64Array, Int64Array]:
+    """One side's rows sorted by (grid limit, row), and the limits in that order. Packing limit
+    and row into one int64 lets a plain sort do it when the limits are small enough."""
+    if not len(rows):
+        return rows, limits
+    if int(limits.max()) < 1 << (62 - row_bits):
+        packed = np.sort((limits << row_bits) | rows)
+        return packed & ((1 << row_bits) - 1), packed >> row_bits
+    order = np.argsort(limits, kind="stable")
+    return rows[order], limits[order]
+
+
+def _share_out(left: int, rows: Int64Array, remaining: Int64Array, sequence: Int64Array) -> Int64Array:
+    """``left`` units over the at-price ``rows``: pro rata to remaining, rounded down, leftover
+    units one each by ascending sequence to the rows with room (as :func:`_fill_side`)."""
+    at_remaining = remaining[rows]
+    at_total = int(at_remaining.sum())
+    assert 0 <= left <= at_total, "clearing price is not feasible"
+    if left == 0:
+        return np.zeros(len(rows), dtype=np.int64)
+    if left * int(at_remaining.max()) <= INT64_LIMIT:
+        shares = left * at_remaining // at_total
+    else:
+        shares = np.array([left * r // at_total for r in at_remaining.tolist()], dtype=np.int64)
+    leftover = left - int(shares.sum())
+    if leftover:
+        by_sequence = np.argsort(sequence[rows])
+        with_room = by_sequence[shares[by_sequence] < at_remaining[by_sequence]]
+        assert len(with_room) >= leftover, "leftover units exceed the room of the orders at the price"
+        shares[with_room[:leftover]] += 1
+    return shares
+
+
+def _clear_arrays(
+    is_buy: BoolArray,
+    amount_synthetic: Int64Array,
+    amount_collateral: Int64Array,
+    remaining: Int64Array,
+    sequence: Int64Array,
+    resolution: int,
+    previous_price: int,
+) -> ColumnClearing | None:
+    """The columnar auction; None if some intermediate could leave int64 (see the module doc)."""
+    n = len(is_buy)
+    _check_columns(amount_synthetic, amount_collateral, remaining, sequence)
+    _check_previous(previous_price)
+    if resolution >= INT64_LIMIT or (
+        n and (int(amount_collateral.max()) * resolution >= INT64_LIMIT or int(remaining.max()) * n > INT64_LIMIT)
+    ):
+        return None
+    numerator = amount_collateral * resolution
+    row_bits = max(1, n.bit_length())
+    buy_rows = np.flatnonzero(is_buy)
+    sell_rows = np.flatnonzero(~is_buy)
+    # Grid limits: a buy's last accepted price floor(C*res/S) (< 2^63 - 1, so below MAX_PRICE),
+    # a sell's first accepted price ceil(C*res/S) raised to 1.
+    buy_limits = numerator[buy_rows] // amount_synthetic[buy_rows]
+    sell_limits = np.maximum(-(-numerator[sell_rows] // amount_synthetic[sell_rows]), MIN_PRICE)
+    buy_rows, buy_limits = _sorted_side(buy_limits, buy_rows, row_bits)
+    sell_rows, sell_limits = _sorted_side(sell_limits, sell_rows, row_bits)
+    zero = np.zeros(1, dtype=np.int64)
+    buy_prefix = np.concatenate((zero, np.cumsum(remaining[buy_rows])))
+    sell_prefix = np.concatenate((zero, np.cumsum(remaining[sell_rows])))
+    buy_total = int(buy_prefix[-1])
+    # Every limit is < 2^63 - 1, so a price above that sees the same D and S as 2^63 - 1.
+    buy_find, sell_find = buy_limits.searchsorted, sell_limits.searchsorted
+
+    def demand(price: int) -> int:
+        return buy_total - int(buy_prefix[buy_find(min(price, INT64_LIMIT), "left")])
+
+    def supply(price: int) -> int:
+        return int(sell_prefix[sell_find(min(price, INT64_LIMIT), "right")])
+
+    price = _clearing_price(demand, supply, previous_price)
+    d, s = demand(price), supply(price)
+    volume = min(d, s)
+    at = min(price, INT64_LIMIT)
+    fills = np.zeros(n, dtype=np.int64)
+    # Buys: strictly better above the price (a suffix), at the price in [lo, hi).
+    lo, hi = int(buy_find(at, "left")), int(buy_find(at, "right"))
+    better_buys, at_buys = buy_rows[hi:], buy_rows[lo:hi]
+    fills[better_buys] = remaining[better_buys]
+    buy_shares = _share_out(volume - (buy_total - int(buy_prefix[hi])), at_buys, remaining, sequence)
+    fills[at_buys] = buy_shares
+    # Sells: strictly better below the price (a prefix), at the price in [lo, hi).
+    lo, hi = int(sell_find(at, "left")), int(sell_find(at, "right"))
+    better_sells, at_sells = sell_rows[:lo], sell_rows[lo:hi]
+    fills[better_sells] = remaining[better_sells]
+    sell_shares = _share_out(volume - int(sell_prefix[lo]), at_sells, remaining, sequence)
+    fills[at_sells] = sell_shares
+    filled_rows = np.concatenate(
+        (better_buys, at_buys[buy_shares > 0], better_sells, at_sells[sell_shares > 0])
+    ).astype(np.int64)
+    return ColumnClearing(price, volume, d, s, fills, filled_rows)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,11 +18,14 @@ from offchain.engine.auction import (
     accepts,
     at_price,
     clear,
+    clear_columns,
+    clear_reference,
     curves,
     limit_price,
     strictly_better,
 )
 from offchain.errors import ValidationError
+from offchain.model import MAX_AMOUNT
 
 CHANNEL = b"\x11" * 32
 
@@ -384,3 +388,112 @@ def test_fill_properties_on_large_amounts(
     s_prev = supply[0] if result.price > 1 else 0
     assert d_next <= supply[1] and s_prev <= demand[1]
     _check_fills(orders, resolution, result)
+
+
+# --------------------------------------------------------------------------- columnar == reference
+
+
+def _columns(orders: Sequence[BookOrder]) -> tuple[np.ndarray, ...]:
+    return (
+        np.array([o.is_buy for o in orders], dtype=np.bool_),
+        np.array([o.amount_synthetic for o in orders], dtype=np.int64),
+        np.array([o.amount_collateral for o in orders], dtype=np.int64),
+        np.array([o.remaining for o in orders], dtype=np.int64),
+        np.array([o.sequence for o in orders], dtype=np.int64),
+    )
+
+
+def _assert_same_as_reference(orders: list[BookOrder], resolution: int, previous: int) -> Clearing:
+    expected = clear_reference(orders, resolution, previous)
+    result = clear(orders, resolution, previous)
+    assert result == expected
+    assert list(result.fills.items()) == list(expected.fills.items())  # same report order too
+    if all(o.amount_synthetic < 2**63 and o.amount_collateral < 2**63 for o in orders):
+        columns = clear_columns(*_columns(orders), resolution, previous)  # type: ignore[arg-type]
+        assert (columns.price, columns.volume, columns.demand, columns.supply) == (
+            expected.price,
+            expected.volume,
+            expected.demand,
+            expected.supply,
+        )
+        assert [orders[row].key for row in columns.filled_rows.tolist()] == list(expected.fills)
+        assert [int(columns.fills[row]) for row in columns.filled_rows.tolist()] == list(expected.fills.values())
+        assert int(columns.fills.sum()) == 2 * expected.volume
+    return expected
+
+
+# Amount scales: small (many ties at one price), ordinary, and near the bounds (int64 and beyond).
+_AMOUNT_SCALES = [10, 10**6, 2**40, 2**62, MAX_AMOUNT]
+
+
+@st.composite
+def columnar_books(draw: st.DrawFn) -> tuple[list[BookOrder], int, int]:
+    scale = draw(st.sampled_from(_AMOUNT_SCALES))
+    resolution = draw(st.sampled_from([1, 3, 10**6, 2**32, MAX_AMOUNT]))
+    n = draw(st.integers(0, 30))
+    sides = draw(st.sampled_from(["both", "buys", "sells"]))
+    one_price = draw(st.booleans())  # every order at one limit: everything rationed
+    sequences = draw(st.permutations(range(n)))
+    orders = []
+    for i in range(n):
+        s = draw(st.integers(1, scale))
+        if one_price:
+            c = s
+        else:
+            c = draw(st.integers(0, scale))
+        remaining = draw(st.one_of(st.just(s), st.integers(1, s)))
+        is_buy = {"buys": True, "sells": False}.get(sides, draw(st.booleans()))
+        orders.append(BookOrder((CHANNEL, i), is_buy, s, c, remaining, sequences[i]))
+    previous = draw(st.one_of(st.integers(1, 2 * scale), st.sampled_from([1, MAX_PRICE, 2**63 - 1, 2**63])))
+    return orders, resolution, min(previous, MAX_PRICE)
+
+
+@settings(max_examples=200, deadline=None)
+@given(columnar_books())
+def test_columnar_clearing_equals_the_reference(book: tuple[list[BookOrder], int, int]) -> None:
+    _assert_same_as_reference(*book)
+
+
+@settings(max_examples=150, deadline=None)
+@given(small_books())
+def test_columnar_clearing_equals_the_reference_on_small_books(book: tuple[list[BookOrder], int, int]) -> None:
+    _assert_same_as_reference(*book)
+
+
+def test_columnar_clearing_of_a_large_random_book() -> None:
+    rng = np.random.default_rng(7)
+    n = 5000
+    is_buy = rng.random(n) < 0.5
+    s = rng.integers(1, 1000, n)
+    limit = np.where(is_buy, rng.integers(95, 106, n), rng.integers(98, 109, n))  # few prices, many ties
+    orders = [
+        BookOrder((CHANNEL, i), bool(is_buy[i]), int(s[i]), int(limit[i] * s[i]), int(rng.integers(1, s[i] + 1)), n - i)
+        for i in range(n)
+    ]
+    result = _assert_same_as_reference(orders, 1, 100)
+    assert result.volume > 0 and len(result.fills) > 100
+
+
+def test_columnar_path_refuses_what_the_reference_refuses() -> None:
+    bad = np.array([5], dtype=np.int64)
+    one = np.array([1], dtype=np.int64)
+    with pytest.raises(ValidationError, match="remaining"):
+        clear_columns(np.array([True]), one, one, bad, one, 1, 1)
+    with pytest.raises(ValidationError, match="duplicate sequence"):
+        clear_columns(np.array([True, False]), bad[[0, 0]], bad[[0, 0]], one[[0, 0]], one[[0, 0]], 1, 1)
+    with pytest.raises(ValidationError, match="int64"):
+        clear_columns(np.array([True]), one.astype(np.int32), one, one, one, 1, 1)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="previous_price"):
+        clear_columns(np.array([True]), one, one, one, one, 1, 0)
+
+
+def test_columnar_clearing_of_amounts_beyond_int64_falls_back_exactly() -> None:
+    # C * res overflows int64: the same result as the reference, through Python ints.
+    big = 2**62
+    orders = [
+        BookOrder((CHANNEL, 0), True, big, big, big, 0),
+        BookOrder((CHANNEL, 1), True, big - 1, big, 3, 1),
+        BookOrder((CHANNEL, 2), False, big, big - 5, big - 7, 2),
+    ]
+    result = _assert_same_as_reference(orders, 10**6, 10**6)
+    assert result.volume == big - 7

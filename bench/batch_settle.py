@@ -1,0 +1,324 @@
+"""Settling a batch (MISSION.md, "Bars"): a batch that touches 10,000 channels, every Trade state
+co-signed and stored, < 2 s.
+
+One process, no sockets: the real :class:`offchain.agents.broker.BrokerAgent` (its
+``settle_batch`` -> ``_settle``: ``book_orders``, ``clear``, ``_trades``, ``_would_apply``, the
+signed price, ``_propose`` -> ``ChannelParty.propose`` / ``on_ack``) with its durable store
+(:class:`offchain.store.sqlite.SQLiteStore`, WAL, ``synchronous=FULL``), and one trader
+:class:`offchain.protocol.party.ChannelParty` per channel, each with its own in-memory store
+(a trader's disk is on its own machine). Only ``_broadcast_to`` is replaced: a proposal is handed
+to the trader's party, whose ACK goes back through the broker's own ``_dispatch``. The trader
+agent's own checks around ``on_proposal`` (the batch price's signature, once per batch) are left
+out.
+
+Every channel holds one order crossing the book (half buys, half sells), so every channel gets a
+Trade. Set-up (not timed): each channel is opened at version 2 (deposits and the order) by the
+real engine, both sides signing that state; the set-up is stored in one transaction.
+
+Two measurements, in the same run, on two sets of channels:
+
+- **broker as it is**: ``settle_batch`` as the code stands: every proposal and every ACK is its
+  own SQLite commit (one fsync each, two per channel), so it is run on fewer channels
+  (``--as-is-channels``, default 1,000: already far past the bar, and 10,000 would take minutes);
+- **grouped commit** (``--channels``, default 10,000): the same steps with the broker's calls,
+  but every proposal of the batch stored in one transaction before any is sent, and every ACK
+  taken in one transaction: what ``_settle`` would do with a grouped commit.
+
+Beside them: the raw cryptography of as many co-signed updates with coincurve (2 digests, 2
+signatures, 2 recoveries each), the time the in-process traders took, and one fsynced commit.
+
+    .venv/bin/python bench/batch_settle.py [--channels N] [--as-is-channels N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (
+    ADJUDICATOR,
+    BROKER_DEPOSIT,
+    BROKER_KEY,
+    CHAIN_ID,
+    FEED,
+    MARKET_ID,
+    MARKET_RESOLUTION,
+    REFERENCE_PRICE,
+    TOKEN,
+    TRADER_DEPOSIT,
+    bar,
+    print_bars,
+    raw_cosigned_updates,
+    results_dir,
+    trader_key,
+    write_result,
+)
+from web3 import Web3
+
+from offchain.agents.broker import BrokerAgent, BrokerConfig, MarketBook
+from offchain.chain.connection import Chain
+from offchain.engine.auction import clear
+from offchain.engine.channel import AccountDeposits, CreateOrder, apply, setup
+from offchain.model import BatchPrice, ChannelParams, Market, Order
+from offchain.protocol import messages as m
+from offchain.protocol.party import BROKER, SERVER_INITIATIVE, TRADER, ChannelParty
+from offchain.signing import CoSignedState, LocalSigner, StateSigner
+from offchain.store import MemoryStore, StoredBatchPrice
+from offchain.store.sqlite import SQLiteStore
+from offchain.types import (
+    Address,
+    BatchNumber,
+    ChannelId,
+    ExpirationHours,
+    MarketId,
+    Nonce,
+    Price,
+    SyntheticAmount,
+    Timestamp,
+    TokenAmount,
+)
+
+BAR_SECONDS = 2.0
+MARKET = Market(MarketId(MARKET_ID), Address(FEED), MARKET_RESOLUTION, 2**32 // 10, 3600)
+ORDER_SIZE = MARKET_RESOLUTION  # one whole unit per order
+
+
+class InProcessBroker(BrokerAgent):
+    """The real broker; its messages to a trader go to that trader's party in this process."""
+
+    traders: dict[bytes, ChannelParty]
+    trader_seconds: float
+
+    async def _broadcast_to(self, trader: Address, message: m.Message) -> None:
+        if isinstance(message, m.Propose):
+            start = time.perf_counter()
+            ack = self.traders[message.channel_id].on_proposal(message)
+            self.trader_seconds += time.perf_counter() - start
+            await self._dispatch(None, trader, ack)  # type: ignore[arg-type]  # the broker's own ACK handling
+
+
+def make_broker(path: Path, n: int, first: int) -> InProcessBroker:
+    chain = Chain(w3=Web3(), in_process=False, url="offline", _chain_id=CHAIN_ID)
+    config = BrokerConfig(markets=(MARKET,), reference_prices={MARKET_ID: REFERENCE_PRICE}, ack_timeout=60.0)
+    store = SQLiteStore(path)
+    broker = InProcessBroker(LocalSigner(BROKER_KEY), store, chain, Address(ADJUDICATOR), Address(TOKEN), config)
+    broker.traders = {}
+    broker.trader_seconds = 0.0
+    now = Timestamp(int(time.time()))
+    with store.transaction():  # the set-up: one commit, not timed
+        for i in range(first, first + n):
+            broker_party, trader_party = open_channel(broker, i, now)
+            broker.parties[broker_party.channel_id] = broker_party
+            broker.traders[bytes(broker_party.channel_id)] = trader_party
+    return broker
+
+
+def open_channel(broker: BrokerAgent, i: int, now: Timestamp) -> tuple[ChannelParty, ChannelParty]:
+    """Channel ``i`` at version 2: deposits, and one order of one unit crossing the book."""
+    trader = LocalSigner(trader_key(i))
+    params = ChannelParams(
+        chain_id=CHAIN_ID,
+        adjudicator=Address(ADJUDICATOR),
+        trader=trader.address,
+        broker=broker.address,
+        token=Address(TOKEN),
+        challenge_duration=3600,
+        nonce=i,
+        markets=(MARKET,),
+    )
+    is_buy = i % 2 == 0
+    limit = REFERENCE_PRICE + 1_000 if is_buy else REFERENCE_PRICE - 1_000
+    order = Order(
+        channel_id=params.channel_id,
+        trader=trader.address,
+        collateral=Address(TOKEN),
+        market=MarketId(MARKET_ID),
+        is_buy=is_buy,
+        amount_synthetic=SyntheticAmount(ORDER_SIZE),
+        amount_collateral=TokenAmount(limit * ORDER_SIZE // MARKET_RESOLUTION),
+        max_fee=TokenAmount(1_000),
+        nonce=Nonce(1),
+        expiration=ExpirationHours(now // 3600 + 24),
+    )
+    channel = setup(params)
+    channel = apply(channel, AccountDeposits(TokenAmount(TRADER_DEPOSIT), TokenAmount(BROKER_DEPOSIT))).channel
+    signature = trader.sign(channel.domain, order)
+    channel = apply(channel, CreateOrder(order, signature, BatchNumber(1), now, {})).channel
+    trader_store = MemoryStore()
+    trader_signer = StateSigner(trader, channel.domain, log=trader_store)
+    trader_signature = trader_signer.sign_state(channel.state)
+    broker_signature = broker.state_signer.sign_state(channel.state)
+    co_signed = CoSignedState(channel.state, trader_signature, broker_signature)
+    parties = []
+    for store, signer, role in ((broker.store, broker.state_signer, BROKER), (trader_store, trader_signer, TRADER)):
+        party = ChannelParty(store, signer, role, channel, SERVER_INITIATIVE, BROKER, co_signed)
+        store.put_state(channel.state, trader_signature, broker_signature)
+        party.save()
+        parties.append(party)
+    return parties[0], parties[1]
+
+
+def done_deposits(broker: BrokerAgent) -> None:
+    """The broker's deposits are done (as in a broker that has run a while): no deposit task."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    for channel_id in broker.parties:
+        broker.deposit_tasks[channel_id] = done  # type: ignore[assignment]
+
+
+async def settle_as_is(broker: InProcessBroker) -> tuple[BatchPrice, float]:
+    done_deposits(broker)
+    start = time.perf_counter()
+    price = await broker.settle_batch(MARKET_ID)
+    return price, time.perf_counter() - start
+
+
+async def settle_grouped(broker: InProcessBroker) -> tuple[BatchPrice, float]:
+    """``_settle`` with a grouped commit: the broker's own steps, one commit for the price, the
+    trades and every proposed state (before anything is sent), one for every ACK."""
+    done_deposits(broker)
+    start = time.perf_counter()
+    book: MarketBook = broker.books[MARKET_ID]
+    now = Timestamp(int(time.time()))
+    orders, by_key = broker.book_orders(book, now)
+    batch = BatchNumber(book.open_batch)
+    clearing = clear(orders, MARKET.resolution, book.last_price)
+    price = BatchPrice(MarketId(MARKET_ID), batch, Price(clearing.price))
+    marks = {**broker.marks(), MARKET_ID: price.price}
+    trades = broker._trades(clearing.fills, by_key, book, price, now, marks)
+    refused = [cid for cid, trade in trades.items() if not broker._would_apply(cid, trade, now)]
+    if refused:
+        raise SystemExit(f"{len(refused)} channels would refuse their trade")
+    signature = broker.price_signer.sign_price(price)
+    with broker.store.transaction():  # stored before anything is published or proposed
+        broker.store.put_batch_price(StoredBatchPrice(broker.address, price, signature))
+        broker.store.put_meta(
+            "broker.market", str(MARKET_ID), {"open_batch": batch + 1, "last_price": clearing.price, "priced": True}
+        )
+        proposals = [broker.parties[ChannelId(cid)].propose("trade", trade)[0] for cid, trade in trades.items()]
+    book.open_batch = batch + 1
+    book.history.append(StoredBatchPrice(broker.address, price, signature))
+    book.last_price = clearing.price
+    book.priced = True
+    trader_start = time.perf_counter()
+    acks = [broker.traders[p.channel_id].on_proposal(p) for p in proposals]
+    broker.trader_seconds += time.perf_counter() - trader_start
+    with broker.store.transaction():  # every countersignature in one commit
+        for ack in acks:
+            broker.parties[ack.channel_id].on_ack(ack)
+    return price, time.perf_counter() - start
+
+
+def co_signed_trades(broker: InProcessBroker, batch: int) -> int:
+    """Channels whose latest co-signed state, on both sides and in the broker's store, is the trade."""
+    count = 0
+    for channel_id, party in broker.parties.items():
+        trader = broker.traders[bytes(channel_id)]
+        stored = broker.store.latest_co_signed(channel_id)
+        if (
+            party.co_signed.state.outcomes[0].last_batch == batch
+            and trader.co_signed.state == party.co_signed.state
+            and stored is not None
+            and stored.state == party.co_signed.state
+        ):
+            count += 1
+    return count
+
+
+def fsync_commit_seconds(directory: Path, commits: int = 50) -> float:
+    with SQLiteStore(directory / "fsync.db") as store:
+        start = time.perf_counter()
+        for i in range(commits):
+            store.put_meta("bench", str(i), i)
+        return (time.perf_counter() - start) / commits
+
+
+def run(label: str, directory: Path, channels: int, first: int, grouped: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    broker = make_broker(directory / f"{label}.db", channels, first)
+    setup_seconds = time.perf_counter() - start
+    print(f"  {label}: {channels:,} channels set up in {setup_seconds:.1f} s; settling ...", flush=True)
+    price, seconds = asyncio.run(settle_grouped(broker) if grouped else settle_as_is(broker))
+    touched = co_signed_trades(broker, price.batch)
+    broker.store.close()
+    if touched != channels:
+        raise SystemExit(f"{label}: only {touched} of {channels} channels hold the co-signed trade")
+    return {
+        "channels": channels,
+        "seconds": round(seconds, 3),
+        "trader_seconds": round(broker.trader_seconds, 3),
+        "broker_seconds": round(seconds - broker.trader_seconds, 3),
+        "setup_seconds": round(setup_seconds, 1),
+        "price": price.price,
+        "co_signed_trades": touched,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--channels", type=int, default=10_000, help="channels in the grouped-commit batch (default: 10000)"
+    )
+    parser.add_argument(
+        "--as-is-channels", type=int, default=1_000, help="channels in the batch of the broker as it is (default: 1000)"
+    )
+    parser.add_argument("--dir", help="directory for the SQLite files (default: a temporary one beside the results)")
+    parser.add_argument("--results", help="directory for the JSON (default: bench/results)")
+    args = parser.parse_args()
+    n, grouped_n = args.as_is_channels, args.channels
+    results = results_dir(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    # On the disk of the results, not a tmpfs: the fsyncs are part of the figure.
+    with tempfile.TemporaryDirectory(dir=args.dir or results) as tmp:
+        directory = Path(tmp)
+        fsync = fsync_commit_seconds(directory)
+        raw = raw_cosigned_updates(n)
+        print("settling one batch, in one process (the broker + in-process trader parties, no sockets):")
+        as_is = run("as_is", directory, n, 0, grouped=False)
+        grouped = run("grouped", directory, grouped_n, n, grouped=True)
+    raw_grouped = raw * grouped_n / n
+    bars = [
+        bar(
+            f"settling a batch touching {n:,} channels (broker as it is)",
+            as_is["seconds"],
+            "s",
+            raw,
+            "raw coincurve for as many co-signed updates",
+            BAR_SECONDS,
+        ),
+        bar(
+            f"settling a batch touching {grouped_n:,} channels (grouped commit, proposed)",
+            grouped["seconds"],
+            "s",
+            raw_grouped,
+            "raw coincurve for as many co-signed updates",
+            BAR_SECONDS,
+        ),
+    ]
+    for label, r, ref in (("broker as it is", as_is, raw), ("grouped commit", grouped, raw_grouped)):
+        print(
+            f"  {label:16} {r['channels']:>7,} channels  {r['seconds']:8.2f} s"
+            f"  (broker {r['broker_seconds']:.2f} s, in-process traders {r['trader_seconds']:.2f} s)"
+            f"  {r['seconds'] / ref:5.1f}x raw crypto"
+        )
+    print(f"  raw coincurve, {n:,} co-signed updates   {raw:8.2f} s;  one fsynced SQLite commit {fsync * 1e3:.2f} ms")
+    print_bars(bars)
+    path = write_result(
+        "batch_settle",
+        bars,
+        results,
+        mode="one process, in-process trader parties (no sockets); broker SQLiteStore synchronous=FULL",
+        as_is=as_is,
+        grouped=grouped,
+        raw_crypto_seconds=round(raw, 3),
+        fsync_commit_ms=round(fsync * 1e3, 3),
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
