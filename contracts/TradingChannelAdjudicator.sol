@@ -128,6 +128,15 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     /// (EIP-150 forwards at most 63/64 of what is left), with room for the call itself.
     uint256 internal constant PAYOUT_GAS_REQUIRED = PAYOUT_TRANSFER_GAS + PAYOUT_TRANSFER_GAS / 63 + 5_000;
 
+    /// @dev Bit offsets of the fields of a packed `Channel` slot (Solidity packs from the low bits).
+    uint256 internal constant BROKER_DEPOSIT_OFFSET = 64;
+    uint256 internal constant STAGE_OFFSET = 128;
+    uint256 internal constant DISPUTE_START_OFFSET = 136;
+    uint256 internal constant DEADLINE_OFFSET = 176;
+    /// @dev Bit offsets of the fields of a packed `Registration` slot.
+    uint256 internal constant REGISTRATION_VERSION_OFFSET = 8;
+    uint256 internal constant REGISTRATION_DATA_OFFSET = 56;
+
     mapping(bytes32 channelId => Channel) internal _channels;
     mapping(bytes32 channelId => Registration) internal _registrations;
 
@@ -283,26 +292,41 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         bool toTrader = participant == header.trader;
         if (!toTrader && participant != header.broker) revert NotParticipant(participant);
         if (amount == 0) revert ZeroDeposit();
-        Channel memory c = _channels[channelId];
-        _requireOpen(channelId, c);
+        // The channel's packed slot, read once and written once (see `Channel` for the layout).
+        uint256 slot = _channelSlot(channelId);
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(slot)
+        }
+        Stage stage = Stage(uint8(word >> STAGE_OFFSET));
+        if (stage != Stage.Open) _requireOpen(channelId, stage);
 
-        IERC20 token = IERC20(header.token);
-        uint256 balanceBefore = token.balanceOf(address(this));
-        token.safeTransferFrom(msg.sender, address(this), amount);
-        uint256 received = token.balanceOf(address(this)) - balanceBefore;
+        // Fee-on-transfer tokens: credit what actually arrived.
+        address token = header.token;
+        uint256 balanceBefore = _balanceOfSelf(token);
+        IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = _balanceOfSelf(token) - balanceBefore;
         if (received == 0) revert ZeroDeposit();
 
-        uint256 holdings = uint256(c.traderDeposit) + c.brokerDeposit + received;
+        uint256 traderDeposit = uint64(word);
+        uint256 brokerDeposit = uint64(word >> BROKER_DEPOSIT_OFFSET);
+        uint256 holdings = traderDeposit + brokerDeposit + received;
         if (holdings > MAX_CHANNEL_HOLDINGS) revert DepositOutOfBounds(holdings);
         uint256 participantTotal;
-        if (toTrader) {
-            participantTotal = c.traderDeposit + received;
-            c.traderDeposit = uint64(participantTotal);
-        } else {
-            participantTotal = c.brokerDeposit + received;
-            c.brokerDeposit = uint64(participantTotal);
+        // Both deposits and their sum stay below 2^63 (checked just above), so neither the new
+        // total nor the packed 64-bit field it is added to can overflow.
+        unchecked {
+            if (toTrader) {
+                participantTotal = traderDeposit + received;
+                word += received;
+            } else {
+                participantTotal = brokerDeposit + received;
+                word += received << BROKER_DEPOSIT_OFFSET;
+            }
         }
-        _channels[channelId] = c;
+        assembly ("memory-safe") {
+            sstore(slot, word)
+        }
         emit Deposited(channelId, participant, received, participantTotal);
     }
 
@@ -363,15 +387,15 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         bytes32 channelId = _channelId(header);
         _requireChallenger(channelId, header, authorization);
         Channel memory c = _channels[channelId];
-        _requireOpen(channelId, c);
+        _requireOpen(channelId, c.stage);
         bytes32 digest = _verifyCoSigned(channelId, header.trader, header.broker, header.marketCount, state, traderSignature, brokerSignature);
 
         uint256 deadline = block.timestamp + header.challengeDuration;
         c.stage = Stage.Disputed;
         c.disputeStart = uint40(block.timestamp);
         c.deadline = uint40(deadline);
-        _channels[channelId] = c;
-        _registrations[channelId] = _registration(state, digest, c);
+        _storeChannel(channelId, c);
+        _storeRegistration(channelId, _registration(state, digest, c));
         emit Challenged(channelId, msg.sender, state.version, deadline);
     }
 
@@ -384,14 +408,14 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         bytes32 channelId = _channelId(header);
         _requireChallenger(channelId, header, authorization);
         Channel memory c = _channels[channelId];
-        _requireOpen(channelId, c);
+        _requireOpen(channelId, c.stage);
 
         uint256 deadline = block.timestamp + header.challengeDuration;
         c.stage = Stage.Disputed;
         c.disputeStart = uint40(block.timestamp);
         c.deadline = uint40(deadline);
-        _channels[channelId] = c;
-        _registrations[channelId] = Registration(Kind.NoState, 0, 0);
+        _storeChannel(channelId, c);
+        _storeRegistration(channelId, Registration(Kind.NoState, 0, 0));
         emit ChallengedWithoutState(channelId, msg.sender, deadline);
     }
 
@@ -419,8 +443,8 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
 
         uint256 deadline = block.timestamp + header.challengeDuration;
         c.deadline = uint40(deadline);
-        _channels[channelId] = c;
-        _registrations[channelId] = _registration(state, digest, c);
+        _storeChannel(channelId, c);
+        _storeRegistration(channelId, _registration(state, digest, c));
         emit Refuted(channelId, msg.sender, state.version, deadline);
     }
 
@@ -453,7 +477,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     /// @param state The registered state.
     function concludeWithState(ChannelParams calldata params, State calldata state) external nonReentrant {
         ChannelHeader memory header = _header(params);
-        bytes32 channelId = _channelId(header);
+        bytes32 channelId = _channelIdOf(header);
         Channel memory c = _channels[channelId];
         _requireDeadlinePassed(channelId, c);
         Registration memory r = _registrations[channelId];
@@ -492,7 +516,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         BatchPrice[] calldata prices,
         bytes[] calldata signatures
     ) external {
-        bytes32 channelId = _channelId(_header(params));
+        bytes32 channelId = _channelIdOf(_header(params));
         Channel memory c = _channels[channelId];
         _requireDisputed(channelId, c);
         if (block.timestamp >= c.deadline) revert EvidencePeriodOver(c.deadline);
@@ -590,7 +614,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         bytes calldata priceSignature
     ) external nonReentrant {
         ChannelHeader memory header = _header(params);
-        bytes32 channelId = _channelId(header);
+        bytes32 channelId = _channelIdOf(header);
         Channel memory c = _channels[channelId];
         if (c.stage == Stage.Concluded) revert ChannelConcluded(channelId);
         _verifyCoSigned(channelId, header.trader, header.broker, header.marketCount, state, traderSignature, brokerSignature);
@@ -695,15 +719,23 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         );
     }
 
-    function _channelId(ChannelHeader memory h) internal view returns (bytes32) {
-        if (h.trader == address(0) || h.broker == address(0) || h.trader == h.broker) {
-            revert InvalidParticipants(h.trader, h.broker);
+    /// @dev The channel id of a header in calldata, after checking it (see `_checkHeader`). The
+    /// header's seven words are hashed where they lie: reading each checked field has already
+    /// made the ABI decoder reject an address with dirty upper bits.
+    function _channelId(ChannelHeader calldata h) internal view returns (bytes32 id) {
+        _checkHeader(h.trader, h.broker, h.token, h.challengeDuration, h.marketCount);
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, chainid())
+            mstore(add(ptr, 0x20), address())
+            calldatacopy(add(ptr, 0x40), h, 0xe0)
+            id := keccak256(ptr, 0x120)
         }
-        if (h.token == address(0)) revert InvalidToken();
-        if (h.challengeDuration < MIN_CHALLENGE_DURATION || h.challengeDuration > MAX_CHALLENGE_DURATION) {
-            revert ChallengeDurationOutOfRange(h.challengeDuration);
-        }
-        if (h.marketCount > MAX_MARKETS) revert TooManyMarkets(h.marketCount);
+    }
+
+    /// @dev As the calldata `_channelId`, for a header built in memory from full parameters.
+    function _channelIdOf(ChannelHeader memory h) internal view returns (bytes32) {
+        _checkHeader(h.trader, h.broker, h.token, h.challengeDuration, h.marketCount);
         return keccak256(
             abi.encode(
                 block.chainid,
@@ -719,9 +751,70 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         );
     }
 
-    function _requireOpen(bytes32 id, Channel memory c) internal pure {
-        if (c.stage == Stage.Disputed) revert ChannelDisputed(id);
-        if (c.stage == Stage.Concluded) revert ChannelConcluded(id);
+    /// @dev The checks every function makes on a channel's parameters.
+    function _checkHeader(address trader, address broker, address token, uint256 challengeDuration, uint256 marketCount)
+        internal
+        pure
+    {
+        if (trader == address(0) || broker == address(0) || trader == broker) {
+            revert InvalidParticipants(trader, broker);
+        }
+        if (token == address(0)) revert InvalidToken();
+        if (challengeDuration < MIN_CHALLENGE_DURATION || challengeDuration > MAX_CHALLENGE_DURATION) {
+            revert ChallengeDurationOutOfRange(challengeDuration);
+        }
+        if (marketCount > MAX_MARKETS) revert TooManyMarkets(marketCount);
+    }
+
+    /// @dev The storage slot of `_channels[id]`.
+    function _channelSlot(bytes32 id) internal view returns (uint256 slot) {
+        Channel storage c = _channels[id];
+        assembly ("memory-safe") {
+            slot := c.slot
+        }
+    }
+
+    /// @dev `_channels[id] = c`, packed by hand: the compiler's struct assignment reads the slot
+    /// back and merges field by field; every field is written here, so the word is simply built.
+    function _storeChannel(bytes32 id, Channel memory c) internal {
+        uint256 word = uint256(c.traderDeposit) | (uint256(c.brokerDeposit) << BROKER_DEPOSIT_OFFSET)
+            | (uint256(c.stage) << STAGE_OFFSET) | (uint256(c.disputeStart) << DISPUTE_START_OFFSET)
+            | (uint256(c.deadline) << DEADLINE_OFFSET);
+        uint256 slot = _channelSlot(id);
+        assembly ("memory-safe") {
+            sstore(slot, word)
+        }
+    }
+
+    /// @dev `_registrations[id] = r`, packed by hand as `_storeChannel`.
+    function _storeRegistration(bytes32 id, Registration memory r) internal {
+        uint256 word = uint256(r.kind) | (uint256(r.version) << REGISTRATION_VERSION_OFFSET)
+            | (uint256(r.data) << REGISTRATION_DATA_OFFSET);
+        Registration storage stored = _registrations[id];
+        assembly ("memory-safe") {
+            sstore(stored.slot, word)
+        }
+    }
+
+    /// @dev `token.balanceOf(address(this))`, reverting as a high-level call would: with the
+    /// token's revert data if it reverts, without data if it returns less than a word.
+    function _balanceOfSelf(address token) internal view returns (uint256 amount) {
+        assembly ("memory-safe") {
+            mstore(0x00, 0x70a08231) // IERC20.balanceOf.selector
+            mstore(0x20, address())
+            if iszero(staticcall(gas(), token, 0x1c, 0x24, 0x00, 0x20)) {
+                let ptr := mload(0x40)
+                returndatacopy(ptr, 0, returndatasize())
+                revert(ptr, returndatasize())
+            }
+            if lt(returndatasize(), 0x20) { revert(0, 0) }
+            amount := mload(0x00)
+        }
+    }
+
+    function _requireOpen(bytes32 id, Stage stage) internal pure {
+        if (stage == Stage.Disputed) revert ChannelDisputed(id);
+        if (stage == Stage.Concluded) revert ChannelConcluded(id);
     }
 
     function _requireDisputed(bytes32 id, Channel memory c) internal pure {
@@ -988,7 +1081,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         c.stage = Stage.Concluded;
         c.traderDeposit = 0;
         c.brokerDeposit = 0;
-        _channels[id] = c;
+        _storeChannel(id, c);
     }
 
     /// @dev Push `amount`; if the token refuses, credit it for `withdraw`. The transfer gets a
@@ -1010,14 +1103,21 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     /// success rule as OpenZeppelin's `SafeERC20.trySafeTransfer` (no return data from a contract,
     /// or `true`), which has no gas cap.
     function _tryTransfer(address token, address to, uint256 amount) internal returns (bool ok) {
-        bytes memory data = abi.encodeCall(IERC20.transfer, (to, amount));
+        // The call is encoded in scratch space (0x1c..0x60), as OpenZeppelin's SafeERC20 does,
+        // instead of allocating memory; the free memory pointer and the zero slot are restored.
         assembly ("memory-safe") {
-            ok := call(PAYOUT_TRANSFER_GAS, token, 0, add(data, 0x20), mload(data), 0x00, 0x20)
+            let fmp := mload(0x40)
+            mstore(0x00, 0xa9059cbb) // IERC20.transfer.selector
+            mstore(0x20, to)
+            mstore(0x40, amount)
+            ok := call(PAYOUT_TRANSFER_GAS, token, 0, 0x1c, 0x44, 0x00, 0x20)
             if ok {
                 switch returndatasize()
                 case 0 { ok := gt(extcodesize(token), 0) }
                 default { ok := and(gt(returndatasize(), 0x1f), eq(mload(0x00), 1)) }
             }
+            mstore(0x40, fmp)
+            mstore(0x60, 0)
         }
     }
 }
