@@ -56,6 +56,8 @@ _CHANNEL_ID_ABI = ["uint256", "address", "address", "address", "address", "uint2
 
 def check_range(name: str, value: int, low: int, high: int) -> int:
     """Return ``value`` if it is an int (not a bool) in [low, high], else raise BoundsError."""
+    if type(value) is int and low <= value <= high:  # the common case, in one test
+        return value
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValidationError(f"{name} must be an integer, got {type(value).__name__}")
     if value < low or value > high:
@@ -299,6 +301,21 @@ class Balances:
     broker_deposit: TokenAmount
 
     def check(self) -> Balances:
+        if (  # the common case in one test; otherwise the checks below name the field at fault
+            type(self.trader_available) is int
+            and type(self.trader_locked) is int
+            and type(self.broker_available) is int
+            and type(self.broker_locked) is int
+            and type(self.trader_deposit) is int
+            and type(self.broker_deposit) is int
+            and -MAX_BALANCE <= self.trader_available <= MAX_BALANCE
+            and 0 <= self.trader_locked <= MAX_BALANCE
+            and -MAX_BALANCE <= self.broker_available <= MAX_BALANCE
+            and 0 <= self.broker_locked <= MAX_BALANCE
+            and 0 <= self.trader_deposit <= MAX_BALANCE
+            and 0 <= self.broker_deposit <= MAX_BALANCE
+        ):
+            return self
         check_balance("trader_available", self.trader_available)
         check_non_negative_balance("trader_locked", self.trader_locked)
         check_balance("broker_available", self.broker_available)
@@ -429,6 +446,9 @@ class OpenOrder:
     signature: Signature
     filled: SyntheticAmount
     first_batch: BatchNumber
+    # The EIP-712 struct hash, filled in by offchain.eip712 on first use (the object is frozen, so
+    # it cannot go stale; dataclasses.replace starts the copy without it). Not compared.
+    _struct_hash: bytes | None = field(init=False, repr=False, compare=False, default=None)
 
     def check(self) -> OpenOrder:
         self.order.check()
@@ -467,8 +487,18 @@ class Outcome:
     position: SyntheticAmount
     fees: TokenAmount
     last_batch: BatchNumber
+    _struct_hash: bytes | None = field(init=False, repr=False, compare=False, default=None)  # as OpenOrder's
 
     def check(self, index: int = 0) -> Outcome:
+        if (  # the common case in one test; otherwise the checks below name the field at fault
+            type(self.position) is int
+            and type(self.fees) is int
+            and type(self.last_batch) is int
+            and -MAX_BALANCE <= self.position <= MAX_BALANCE
+            and 0 <= self.fees <= MAX_BALANCE
+            and 0 <= self.last_batch <= MAX_AMOUNT
+        ):
+            return self
         check_balance(f"outcomes[{index}].position", self.position)
         check_non_negative_balance(f"outcomes[{index}].fees", self.fees)
         check_amount(f"outcomes[{index}].last_batch", self.last_batch)
@@ -504,6 +534,14 @@ class ChannelState:
     open_orders: tuple[OpenOrder, ...]
     outcomes: tuple[Outcome, ...]
     is_final: bool = False
+    # Caches of values that are pure functions of the fields above, filled in on first use; the
+    # object is frozen, so they cannot go stale, and dataclasses.replace starts without them. Not
+    # compared, not in repr. ``_checked``: check_state found every bound respected (without
+    # params); ``_struct_hash``: the EIP-712 struct hash; ``_digest``: (domain separator, digest)
+    # of the last domain it was digested under (offchain.eip712).
+    _checked: bool = field(init=False, repr=False, compare=False, default=False)
+    _struct_hash: bytes | None = field(init=False, repr=False, compare=False, default=None)
+    _digest: tuple[bytes, bytes] | None = field(init=False, repr=False, compare=False, default=None)
 
     def as_abi(self) -> tuple[Any, ...]:
         return (
@@ -545,8 +583,24 @@ class ChannelState:
 
 
 def check_state(state: ChannelState, params: ChannelParams | None = None) -> ChannelState:
-    """Every bound the adjudicator enforces on a state; with ``params``, also its shape."""
-    _check_bytes32("channel_id", state.channel_id)
+    """Every bound the adjudicator enforces on a state; with ``params``, also its shape.
+
+    A state that passed once is marked (it is frozen, and so are its parts when its arrays are
+    tuples), and the bounds are not checked again: the party checks one state several times on
+    its way through the store and the signer."""
+    if not getattr(state, "_checked", False):
+        _check_state_bounds(state)
+    if params is not None:
+        if state.channel_id != params.channel_id:
+            raise ValidationError("the state belongs to another channel")
+        if len(state.outcomes) != len(params.markets):
+            raise ValidationError(f"{len(state.outcomes)} outcomes for {len(params.markets)} markets")
+    return state
+
+
+def _check_state_bounds(state: ChannelState) -> None:
+    if type(state.channel_id) is not bytes or len(state.channel_id) != 32:
+        _check_bytes32("channel_id", state.channel_id)
     check_range("version", state.version, 0, MAX_VERSION)
     state.balances.check()
     if len(state.open_orders) > MAX_OPEN_ORDERS:
@@ -557,12 +611,20 @@ def check_state(state: ChannelState, params: ChannelParams | None = None) -> Cha
         outcome.check(i)
     if not isinstance(state.is_final, bool):
         raise ValidationError("is_final must be a boolean")
-    if params is not None:
-        if state.channel_id != params.channel_id:
-            raise ValidationError("the state belongs to another channel")
-        if len(state.outcomes) != len(params.markets):
-            raise ValidationError(f"{len(state.outcomes)} outcomes for {len(params.markets)} markets")
-    return state
+    if _immutable(state):
+        object.__setattr__(state, "_checked", True)  # frozen all the way down: it stays true
+
+
+def _immutable(state: ChannelState) -> bool:
+    """The state is made of this module's frozen classes and tuples only (no subclass, no list)."""
+    return (
+        type(state) is ChannelState
+        and type(state.balances) is Balances
+        and type(state.open_orders) is tuple
+        and type(state.outcomes) is tuple
+        and all(type(o) is OpenOrder and type(o.order) is Order for o in state.open_orders)
+        and all(type(o) is Outcome for o in state.outcomes)
+    )
 
 
 def initial_state(params: ChannelParams, trader_deposit: int, broker_deposit: int) -> ChannelState:

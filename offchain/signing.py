@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from coincurve import PrivateKey, PublicKey
-from eth_hash.auto import keccak
-from eth_utils.address import to_checksum_address
 
 from offchain.crashpoints import crash_point
-from offchain.eip712 import Domain, Signable, struct_digest
+from offchain.eip712 import Domain, Signable, keccak, struct_digest
 from offchain.errors import (
     DoubleSignError,
     MalleableSignatureError,
@@ -36,7 +34,36 @@ HALF_N = SECP256K1_N // 2
 
 
 def address_of_public_key(public_key: PublicKey) -> Address:
-    return Address(to_checksum_address(keccak(public_key.format(compressed=False)[1:])[12:]))
+    return address_of(public_key.format(compressed=False)[1:])
+
+
+def address_of(public_key: bytes) -> Address:
+    """The EIP-55 address of a 64-byte uncompressed public key (``x || y``).
+
+    A pure function, remembered for the last few thousand keys: a party recovers the same two
+    keys over and over, and the checksum costs more than the recovery's bookkeeping."""
+    address = _ADDRESSES.get(public_key)
+    if address is None:
+        address = checksum_address(keccak(public_key)[12:])
+        if len(_ADDRESSES) >= _ADDRESS_CACHE_SIZE:
+            _ADDRESSES.clear()
+        _ADDRESSES[public_key] = address
+    return address
+
+
+_ADDRESSES: dict[bytes, Address] = {}
+_ADDRESS_CACHE_SIZE = 4096
+
+
+def checksum_address(raw: bytes) -> Address:
+    """EIP-55 of a 20-byte address (eth_utils.to_checksum_address, without its generic input
+    handling; tests/unit/test_signing.py compares the two)."""
+    digits = raw.hex()
+    nibbles = keccak(digits.encode()).hex()
+    return cast(Address, "0x" + "".join(c.upper() if n in _HIGH else c for c, n in zip(digits, nibbles, strict=False)))
+
+
+_HIGH = frozenset("89abcdef")
 
 
 class LocalSigner:
@@ -81,7 +108,7 @@ def recover(digest: bytes, signature: bytes) -> Address:
         public_key = PublicKey.from_signature_and_message(signature[:64] + bytes((v - 27,)), digest, hasher=None)
     except Exception as exc:  # coincurve raises a bare Exception for unrecoverable signatures
         raise SignatureError("signature does not recover to a public key") from exc
-    return address_of_public_key(public_key)
+    return address_of(public_key.format(compressed=False)[1:])
 
 
 def verify(digest: bytes, signature: bytes, expected: Address) -> None:
@@ -140,6 +167,8 @@ class StateSigner:
         return self.signer.address
 
     def sign_state(self, state: ChannelState) -> Signature:
+        """Sign ``state`` (after its bound checks), unless a different state with its version
+        is already recorded as signed (DoubleSignError). Records the digest before signing."""
         digest = self.domain.state_digest(check_state(state))
         previous = self.log.signed_digest(state.channel_id, state.version)
         if previous is not None and previous != digest:

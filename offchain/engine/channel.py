@@ -19,6 +19,7 @@ Who may propose what, and how the proposals travel, is the protocol's business
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from offchain.engine.rules import (
 from offchain.errors import SignatureError, ValidationError
 from offchain.model import (
     MAX_AMOUNT,
+    MAX_BALANCE,
     MAX_OPEN_ORDERS,
     MAX_VERSION,
     Balances,
@@ -57,6 +59,7 @@ from offchain.model import (
 )
 from offchain.signing import verify
 from offchain.types import (
+    Address,
     BatchNumber,
     MarketId,
     Nonce,
@@ -81,7 +84,7 @@ class Channel:
 
     @property
     def domain(self) -> Domain:
-        return Domain(self.params.chain_id, self.params.adjudicator)
+        return _domain(self.params.chain_id, self.params.adjudicator)
 
     def open_order(self, nonce: int) -> OpenOrder | None:
         for open_order in self.state.open_orders:
@@ -96,6 +99,12 @@ class Channel:
     @property
     def positions(self) -> tuple[int, ...]:
         return tuple(o.position for o in self.state.outcomes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _domain(chain_id: int, adjudicator: Address) -> Domain:
+    """One (frozen) Domain object per adjudicator: it carries its separator ready to hash."""
+    return Domain(chain_id, adjudicator)
 
 
 def setup(params: ChannelParams) -> Channel:
@@ -267,16 +276,22 @@ def _next(
     broker_available = trader_deposit + broker_deposit - trader_collateral - old.broker_locked
     if broker_available < 0 and not is_final:
         raise RuleViolation(Rule.BROKER_COVERS_FILL, f"the broker's available balance would be {broker_available}")
-    for name, value in (
-        ("trader_available", available),
-        ("trader_locked", locked),
-        ("broker_available", broker_available),
+    if not (
+        -MAX_BALANCE <= available <= MAX_BALANCE
+        and -MAX_BALANCE <= locked <= MAX_BALANCE
+        and -MAX_BALANCE <= broker_available <= MAX_BALANCE
     ):
-        check_balance_bounds(name, value)
+        for name, value in (
+            ("trader_available", available),
+            ("trader_locked", locked),
+            ("broker_available", broker_available),
+        ):
+            check_balance_bounds(name, value)  # raises for the first one out of bounds
     new_outcomes = outcomes if outcomes is not None else channel.state.outcomes
     for i, outcome in enumerate(new_outcomes):
-        check_balance_bounds(f"outcomes[{i}].position", outcome.position)
-        check_balance_bounds(f"outcomes[{i}].fees", outcome.fees)
+        if not (-MAX_BALANCE <= outcome.position <= MAX_BALANCE and -MAX_BALANCE <= outcome.fees <= MAX_BALANCE):
+            check_balance_bounds(f"outcomes[{i}].position", outcome.position)  # raises (the name is built
+            check_balance_bounds(f"outcomes[{i}].fees", outcome.fees)  # only for the message)
     state = ChannelState(
         channel_id=channel.state.channel_id,
         version=Version(channel.state.version + 1),
@@ -292,10 +307,10 @@ def _next(
         outcomes=new_outcomes,
         is_final=is_final,
     )
-    return dataclasses.replace(
-        channel,
-        state=check_state(state, channel.params),
-        used_nonces=used_nonces if used_nonces is not None else channel.used_nonces,
+    return Channel(  # dataclasses.replace(channel, ...), without its introspection
+        channel.params,
+        check_state(state, channel.params),
+        used_nonces if used_nonces is not None else channel.used_nonces,
     )
 
 

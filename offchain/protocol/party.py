@@ -16,8 +16,9 @@ The networking lives in the agents; this class is synchronous and does no I/O bu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Any
 
 from offchain.crashpoints import crash_point
@@ -73,6 +74,8 @@ class ChannelParty:
         self.co_signed = co_signed
         self.status = status
         self.pending: tuple[m.Propose, Transitioned] | None = None
+        # What _save last wrote: (role, flow, turn, status, used nonces) and the pending proposal.
+        self._saved: tuple[tuple[str, str, str, str, frozenset[int]], m.Propose | None] | None = None
 
     # ------------------------------------------------------------------ identity
 
@@ -192,15 +195,33 @@ class ChannelParty:
 
     def save(self) -> None:
         """Write the channel record and the pending proposal (inside the caller's transaction)."""
-        meta: dict[str, Any] = {
+        self._saved = None  # whatever the caller's transaction does, the next _save writes in full
+        self.store.put_channel(ChannelRecord(self.channel_id, self.params, self._meta()))
+        self.store.put_pending(self.channel_id, m.to_json(self.pending[0]) if self.pending else None)
+
+    def _meta(self) -> dict[str, Any]:
+        return {
             "role": self.role,
             "flow": self.flow,
             "turn": self.turn,
             "status": self.status,
             "used_nonces": sorted(str(n) for n in self.channel.used_nonces),
         }
-        self.store.put_channel(ChannelRecord(self.channel_id, self.params, meta))
-        self.store.put_pending(self.channel_id, m.to_json(self.pending[0]) if self.pending else None)
+
+    def _save(self) -> None:
+        """:meth:`save` from inside :meth:`_atomic`, skipping the writes that would not change
+        what this party last wrote there: the channel record when its meta fields are the same,
+        the pending proposal when it is the same object (or None both times). ``_atomic`` puts
+        the record of what was written back when its transaction fails, and :meth:`save`
+        forgets it, so a skipped write is only ever one the store already holds."""
+        pending = self.pending[0] if self.pending else None
+        meta = (self.role, self.flow, self.turn, self.status, self.channel.used_nonces)
+        saved = self._saved
+        if saved is None or saved[0] != meta:
+            self.store.put_channel(ChannelRecord(self.channel_id, self.params, self._meta()))
+        if saved is None or saved[1] is not pending:
+            self.store.put_pending(self.channel_id, None if pending is None else m.to_json(pending))
+        self._saved = (meta, pending)
 
     # ------------------------------------------------------------------ proposing
 
@@ -219,7 +240,7 @@ class ChannelParty:
             self._record_signature(result.state, signature)
             proposal = m.Propose(self.channel_id, kind, transition, result.state, signature)
             self.pending = (proposal, result)
-            self.save()
+            self._save()
         crash_point("party.propose.committed")
         return proposal, result
 
@@ -237,7 +258,7 @@ class ChannelParty:
             self._record_signature(proposal.state, ack.signature, mine=False)
             self.channel = result.channel
             self.pending = None
-            self.save()
+            self._save()
         crash_point("party.on_ack.committed")
         return result
 
@@ -248,7 +269,7 @@ class ChannelParty:
             raise ProtocolError(m.NOT_YOUR_TURN, "we do not hold the turn, or a proposal is pending")
         with self._atomic():
             self.turn = self.other_role
-            self.save()
+            self._save()
         crash_point("party.yield.committed")
         return m.Yield(self.channel_id, self.state.version)
 
@@ -272,21 +293,32 @@ class ChannelParty:
             raise ProtocolError(m.STALE_VERSION, f"expected version {self.state.version + 1}, got {version}")
         if proposal.transition is None:
             raise ProtocolError(m.INVALID_MESSAGE, "a proposal carries its transition")
-        _verify(self.channel, proposal.state, proposal.signature, self.counterpart)
-        if check is not None:
-            check(self.channel, proposal)
+        # The same checks, answers and order of precedence as: verify the signature, run the
+        # agent's check, replay the transition. The replay (pure) runs first so that the digest
+        # is computed once, of our own resulting state (equal to the proposed one, so the same
+        # digest), and serves to verify, record and countersign; its failure is raised only
+        # after the signature and the agent's check, as before.
+        result: Transitioned | None = None
+        failure: Exception | None = None
         try:
             result = expect(self.channel, proposal.transition, proposal.state)
-        except RuleViolation as exc:
-            raise ProtocolError(m.RULE_VIOLATION, exc.reason, exc.rule.value) from exc
+        except Exception as exc:  # noqa: BLE001 - raised below, in its old place
+            failure = exc
+        _verify(self.channel, proposal.state if result is None else result.state, proposal.signature, self.counterpart)
+        if check is not None:
+            check(self.channel, proposal)
+        if failure is not None:
+            if isinstance(failure, RuleViolation):
+                raise ProtocolError(m.RULE_VIOLATION, failure.reason, failure.rule.value) from failure
+            raise failure
+        assert result is not None
         with self._atomic():
-            self.store.put_state(result.state, None, None)
-            self._record_signature(result.state, proposal.signature, mine=False)
+            self._record_signature(result.state, proposal.signature, mine=False)  # stores the state
             crash_point("party.on_proposal.stored")
             signature = self.signer.sign_state(result.state)
             self._record_signature(result.state, signature)
             self.channel = result.channel
-            self.save()
+            self._save()
         crash_point("party.on_proposal.committed")
         return m.Ack(self.channel_id, version, signature)
 
@@ -301,7 +333,7 @@ class ChannelParty:
             raise ProtocolError(m.STALE_VERSION, f"Yield at version {message.version}, ours is {self.state.version}")
         with self._atomic():
             self.turn = self.role
-            self.save()
+            self._save()
         crash_point("party.on_yield.committed")
 
     def adopt(self, state: ChannelState, trader_signature: Signature, broker_signature: Signature) -> bool:
@@ -325,22 +357,15 @@ class ChannelParty:
     def set_status(self, status: str) -> None:
         with self._atomic():
             self.status = status
-            self.save()
+            self._save()
 
     # ------------------------------------------------------------------ internals
 
-    @contextmanager
-    def _atomic(self) -> Iterator[None]:
+    def _atomic(self) -> _Atomic:
         """A store transaction that, when it fails (a full disk, an I/O error), also undoes what
         the block changed in memory: the party must not hold, act on or re-send a state, a
         signature or a pending proposal that its store does not have."""
-        saved = (self.channel, self.co_signed, self.turn, self.status, self.pending)
-        try:
-            with self.store.transaction():
-                yield
-        except BaseException:
-            self.channel, self.co_signed, self.turn, self.status, self.pending = saved
-            raise
+        return _Atomic(self)
 
     def _require_open(self) -> None:
         if self.state.is_final and self.co_signed.state.is_final:
@@ -360,11 +385,47 @@ class ChannelParty:
         return m.Ack(self.channel_id, proposal.state.version, Signature(mine))
 
     def _record_signature(self, state: ChannelState, signature: Signature, mine: bool = True) -> None:
-        trader_side = (self.role == TRADER) == mine
-        self.store.put_state(state, signature if trader_side else None, None if trader_side else signature)
-        stored = self.store.state(self.channel_id, state.version)
-        if stored is not None and stored.co_signed:
+        store = self.store
+        if (self.role == TRADER) == mine:
+            store.put_state(state, signature, None)
+        else:
+            store.put_state(state, None, signature)
+        stored = store.state(self.channel.params.channel_id, state.version)
+        if stored is not None and stored.trader_signature is not None and stored.broker_signature is not None:
             self.co_signed = CoSignedState(state, _sig(stored.trader_signature), _sig(stored.broker_signature))
+
+
+class _Atomic:
+    """ChannelParty._atomic: a plain context manager (a generator one costs three times as much,
+    and every update opens three)."""
+
+    __slots__ = ("_party", "_saved", "_transaction")
+    _saved: tuple[Any, ...]
+    _transaction: AbstractContextManager[None]
+
+    def __init__(self, party: ChannelParty) -> None:
+        self._party = party
+
+    def __enter__(self) -> None:
+        p = self._party
+        self._saved = (p.channel, p.co_signed, p.turn, p.status, p.pending, p._saved)
+        self._transaction = p.store.transaction()
+        self._transaction.__enter__()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self._transaction.__exit__(exc_type, exc, tb)  # a failing commit raises here
+        except BaseException:
+            self._restore()
+            raise
+        if exc_type is not None:
+            self._restore()
+
+    def _restore(self) -> None:
+        p = self._party
+        p.channel, p.co_signed, p.turn, p.status, p.pending, p._saved = self._saved
 
 
 def _verify(channel: Channel, state: ChannelState, signature: Signature, signer: Address) -> None:

@@ -418,7 +418,7 @@ class FakeConnection:
     async def send(self, text: str | bytes) -> None:
         self.sent.append(text if isinstance(text, str) else text.decode())
 
-    async def close(self) -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
         pass
 
 

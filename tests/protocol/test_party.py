@@ -366,6 +366,32 @@ def test_state_must_match_the_transition() -> None:
     refuse(trader, lambda: trader.on_proposal(final), m.RULE_VIOLATION, "state_matches_transition")
 
 
+def test_refusals_keep_their_precedence_signature_then_check_then_rules() -> None:
+    # on_proposal replays the transition before it verifies the signature (to hash its own state
+    # once), but answers as if it had verified first, then run the agent's check, then replayed
+    trader, broker = open_channel(SERVER_INITIATIVE)
+    exchange(broker, trader, "deposit", DEPOSITS)
+
+    def richer(state: Any) -> Any:
+        return dataclasses.replace(state, balances=dataclasses.replace(state.balances, broker_locked=1))
+
+    def stale(channel: Any, proposal: m.Propose) -> None:
+        raise ProtocolError(m.STALE_MARKS, "the agent refuses")
+
+    wrong_state_and_signer = forge(broker, "lock", lock(PARAMS, 1), OUTSIDER_KEY, state_change=richer)
+    wrong_state = forge(broker, "lock", lock(PARAMS, 1), BROKER_KEY, state_change=richer)
+    wrong_signer = forge(broker, "lock", lock(PARAMS, 1), OUTSIDER_KEY)
+    good = forge(broker, "lock", lock(PARAMS, 1), BROKER_KEY)
+    refuse(trader, lambda: trader.on_proposal(wrong_state_and_signer), m.BAD_SIGNATURE)
+    refuse(trader, lambda: trader.on_proposal(wrong_state_and_signer, stale), m.BAD_SIGNATURE)
+    refuse(trader, lambda: trader.on_proposal(wrong_signer, stale), m.BAD_SIGNATURE)
+    refuse(trader, lambda: trader.on_proposal(wrong_state, stale), m.STALE_MARKS)
+    refuse(trader, lambda: trader.on_proposal(wrong_state), m.RULE_VIOLATION, "state_matches_transition")
+    refuse(trader, lambda: trader.on_proposal(good, stale), m.STALE_MARKS)
+    ack = trader.on_proposal(good)
+    verify(DOMAIN.state_digest(good.state), ack.signature, PARAMS.trader)
+
+
 def test_rule_violations() -> None:
     trader, broker = open_channel(SERVER_INITIATIVE)
     exchange(broker, trader, "deposit", DEPOSITS)

@@ -369,3 +369,85 @@ def test_different_types_with_same_fields_do_not_collide() -> None:
     outcome = Outcome(SyntheticAmount(1), TokenAmount(2), BatchNumber(3))
     state = make_state(outcomes=(outcome,), open_orders=())
     assert DOMAIN.batch_price_digest(price) not in {DOMAIN.state_digest(state), DOMAIN.order_digest(make_order())}
+
+
+# --------------------------------------------------------------------------- the caches on frozen objects
+# offchain.eip712 keeps a state's struct hash and digest on the state (and an open order's or an
+# outcome's struct hash on it): these tests fail if a cached value could be stale or shared.
+
+
+STATE_FIELD_CHANGES: dict[str, dict[str, Any]] = {
+    "channel_id": {"channel_id": ChannelId(b"\x07" * 32)},
+    "version": {"version": Version(6)},
+    "is_final": {"is_final": True},
+    "trader_available": {"balances": make_balances(trader_available=TokenAmount(899))},
+    "trader_locked": {"balances": make_balances(trader_locked=TokenAmount(101))},
+    "broker_available": {"balances": make_balances(broker_available=TokenAmount(4999))},
+    "broker_locked": {"balances": make_balances(broker_locked=TokenAmount(1))},
+    "trader_deposit": {"balances": make_balances(trader_deposit=TokenAmount(1001))},
+    "broker_deposit": {"balances": make_balances(broker_deposit=TokenAmount(1))},
+    "filled": {"open_orders": (make_open_order(filled=SyntheticAmount(501)),)},
+    "first_batch": {"open_orders": (make_open_order(first_batch=BatchNumber(4)),)},
+    "order signature": {"open_orders": (make_open_order(signature=bytes(range(1, 66))),)},
+    "order nonce": {"open_orders": (make_open_order(order=make_order(nonce=99)),)},
+    "position": {"outcomes": (make_outcome(position=SyntheticAmount(-1499)),)},
+    "fees": {"outcomes": (make_outcome(fees=TokenAmount(13)),)},
+    "last_batch": {"outcomes": (make_outcome(last_batch=BatchNumber(5)),)},
+}
+
+
+@pytest.mark.parametrize("change", STATE_FIELD_CHANGES.values(), ids=STATE_FIELD_CHANGES.keys())
+def test_one_field_changed_after_hashing_gives_the_reference_digest(change: dict[str, Any]) -> None:
+    state = make_state(open_orders=(make_open_order(),), outcomes=(make_outcome(),))
+    before = DOMAIN.state_digest(state)  # fills the caches of the state and of its parts
+    changed = replace(state, **change)  # a new object: it must not carry the old digest
+    assert DOMAIN.state_digest(changed) != before
+    assert DOMAIN.state_digest(changed) == reference_digest(DOMAIN, changed)
+    assert DOMAIN.state_digest(state) == before == reference_digest(DOMAIN, state)
+
+
+def test_cached_digest_equals_a_fresh_computation_and_the_reference() -> None:
+    state = make_state()
+    first = DOMAIN.state_digest(state)
+    assert state._digest is not None and state._struct_hash is not None  # cached
+    assert DOMAIN.state_digest(state) == first  # served from the cache
+    twin = replace(state)  # equal, but nothing cached on it
+    assert twin == state and twin._digest is None and twin._struct_hash is None
+    assert DOMAIN.state_digest(twin) == first == reference_digest(DOMAIN, state)
+
+
+def test_cached_digest_is_per_domain() -> None:
+    state = make_state()
+    other = Domain(chain_id=DOMAIN.chain_id + 1, verifying_contract=DOMAIN.verifying_contract)
+    third = Domain(chain_id=DOMAIN.chain_id, verifying_contract=addr(0xAE))
+    digests = [d.state_digest(state) for d in (DOMAIN, other, third, DOMAIN, third)]
+    assert len(set(digests[:3])) == 3
+    assert digests[3] == digests[0] and digests[4] == digests[2]
+    for domain, digest in zip((DOMAIN, other, third), digests, strict=False):
+        assert digest == reference_digest(domain, state)
+
+
+def test_shared_parts_keep_their_own_hashes() -> None:
+    # a transition shares the unchanged open orders and outcomes with the state before it
+    outcome, order = make_outcome(), make_open_order()
+    a = make_state(open_orders=(order,), outcomes=(outcome,))
+    b = make_state(version=Version(6), open_orders=(order, make_open_order(filled=SyntheticAmount(1))), outcomes=())
+    c = make_state(version=Version(7), open_orders=(), outcomes=(outcome, make_outcome(fees=TokenAmount(1))))
+    for state in (a, b, c, a, b, c):
+        assert DOMAIN.state_digest(state) == reference_digest(DOMAIN, state)
+
+
+def test_caches_are_not_part_of_equality_hash_or_repr() -> None:
+    state = make_state()
+    fresh = replace(state)
+    DOMAIN.state_digest(state)
+    assert state == fresh and hash(state) == hash(fresh) and repr(state) == repr(fresh)
+
+
+def test_fast_keccak_equals_eth_hash() -> None:
+    from eth_hash.auto import keccak as reference
+
+    from offchain.eip712 import keccak as fast
+
+    for data in (b"", b"\x00", b"abc", bytes(range(256)) * 3, b"\x19\x01" + bytes(64)):
+        assert fast(data) == reference(data) == keccak(data)

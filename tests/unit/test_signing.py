@@ -295,3 +295,75 @@ def test_nothing_out_of_range_gets_signed(obj: Signable) -> None:
     if isinstance(obj, ChannelState):
         with pytest.raises(ValidationError):
             StateSigner(TRADER, DOMAIN).sign_state(obj)
+
+
+# --------------------------------------------------------------------------- fast paths == reference
+
+
+@SETTINGS
+@given(st.binary(min_size=20, max_size=20))
+def test_checksum_address_equals_eth_utils(raw: bytes) -> None:
+    from eth_utils.address import to_checksum_address
+
+    from offchain.signing import checksum_address
+
+    assert checksum_address(raw) == to_checksum_address(raw)
+
+
+@SETTINGS
+@given(private_keys)
+def test_address_of_public_key_equals_eth_account_also_when_remembered(key: bytes) -> None:
+    from offchain.signing import address_of
+
+    public = PublicKey.from_secret(key).format(compressed=False)[1:]
+    expected = Account.from_key(key).address
+    assert address_of(public) == expected  # computed (or remembered from an earlier example)
+    assert address_of(public) == expected  # remembered
+    assert LocalSigner(key).address == expected
+
+
+def test_address_cache_is_bounded_and_stays_right() -> None:
+    from offchain import signing
+
+    keys = [keccak(text=f"cache {i}") for i in range(signing._ADDRESS_CACHE_SIZE + 10)]
+    for key in keys:
+        signing.address_of(PublicKey.from_secret(key).format(compressed=False)[1:])
+    assert len(signing._ADDRESSES) <= signing._ADDRESS_CACHE_SIZE
+    for key in (keys[0], keys[-1]):
+        assert signing.address_of(PublicKey.from_secret(key).format(compressed=False)[1:]) == (
+            Account.from_key(key).address
+        )
+
+
+def test_state_signature_from_cached_digest_equals_eth_account() -> None:
+    s = state(7)
+    first = StateSigner(TRADER, DOMAIN).sign_state(s)  # caches the digest on s
+    again = StateSigner(TRADER, DOMAIN).sign_state(s)  # uses it
+    reference = Account.from_key(TRADER.private_key).sign_typed_data(full_message=typed_data(DOMAIN, s))
+    assert first == again == bytes(reference.signature)
+    changed = replace(s, balances=make_balances(trader_available=TokenAmount(901)))
+    other = StateSigner(TRADER, DOMAIN).sign_state(changed)
+    assert other != first
+    assert other == bytes(
+        Account.from_key(TRADER.private_key).sign_typed_data(full_message=typed_data(DOMAIN, changed)).signature
+    )
+
+
+def test_an_out_of_bounds_state_is_refused_every_time() -> None:
+    # check_state marks a state that passed; one that failed is never marked
+    bad = state(5, trader_available=2**63)
+    signer = StateSigner(TRADER, DOMAIN)
+    for _ in range(2):
+        with pytest.raises(ValidationError):
+            signer.sign_state(bad)
+    assert not bad._checked
+
+
+def test_check_state_marks_only_frozen_states() -> None:
+    from offchain.model import check_state
+
+    good = state(5)
+    assert check_state(good) is good and good._checked
+    with_list = replace(state(5), outcomes=list(state(5).outcomes))  # type: ignore[arg-type]
+    check_state(with_list)
+    assert not with_list._checked  # a list can change after the check: it is checked again next time

@@ -665,3 +665,63 @@ def test_batch_prices_between_survives_a_restart_and_reports_corrupt_rows(path: 
         where = r"batch_prices \(broker .*, market 1, batch 00000000000000000008\)"
         with pytest.raises(StoreCorruptError, match=where):
             s.batch_prices_between(BROKER, 1, 0, 8)
+
+
+# --------------------------------------------------------------------------- the fast paths of the memory store
+
+
+def test_an_equal_state_object_merges_like_the_same_one(store: Store) -> None:
+    first, twin = state_v(3), state_v(3)
+    assert first == twin and first is not twin
+    store.put_state(first, sig(1), None)
+    store.put_state(twin, None, sig(2))  # equal content: accepted, signatures merged
+    stored = store.state(CID, 3)
+    assert stored is not None and stored.co_signed and stored.state == first
+    with pytest.raises(StoreError):
+        store.put_state(state_v(3, 999), None, None)
+
+
+def test_a_refused_write_inside_a_transaction_keeps_the_transaction_s_other_writes(store: Store) -> None:
+    store.put_state(state_v(1), sig(1), None)
+    store.record_signed(CID, 1, b"\x11" * 32)
+    with store.transaction():
+        store.put_meta("ns", "before", 1)
+        store.put_state(state_v(2), None, None)
+        with pytest.raises(StoreError):
+            store.put_state(state_v(1, 5), None, None)  # a different state for version 1
+        with pytest.raises(StoreError):
+            store.record_signed(CID, 1, b"\x22" * 32)  # a different digest for version 1
+        with pytest.raises(BoundsError):
+            store.put_state(state_v(3, 2**63), None, None)
+        store.put_meta("ns", "after", 1)
+    assert store.meta_items("ns") == {"after": 1, "before": 1}
+    assert store.latest_state(CID) is not None and store.latest_state(CID).state == state_v(2)  # type: ignore[union-attr]
+    assert store.signed_digest(CID, 1) == b"\x11" * 32 and store.state(CID, 3) is None
+
+
+def test_writes_of_a_failed_transaction_are_undone_also_the_single_write_methods(store: Store) -> None:
+    store.put_pending(CID, {"m": 0})
+    with pytest.raises(RuntimeError), store.transaction():
+        store.put_state(state_v(1), sig(1), sig(2))
+        store.record_signed(CID, 1, b"\x11" * 32)
+        store.put_pending(CID, None)
+        store.put_channel(ChannelRecord(CID, PARAMS, {"x": 1}))
+        raise RuntimeError
+    assert store.state(CID, 1) is None and store.latest_co_signed(CID) is None
+    assert store.signed_digest(CID, 1) is None and store.pending(CID) == {"m": 0} and store.channels() == []
+
+
+def test_memory_store_keeps_no_undo_outside_transactions() -> None:
+    store = MemoryStore()
+    store.put_channel(ChannelRecord(CID, PARAMS, {}))
+    store.put_state(state_v(1), sig(1), None)
+    store.put_state(state_v(1), None, sig(2))
+    store.record_signed(CID, 1, b"\x11" * 32)
+    store.put_pending(CID, {"m": 1})
+    store.put_pending(CID, None)
+    assert store._undo == [] and store._depth == 0
+    store.close()
+    with pytest.raises(StoreError):
+        store.put_state(state_v(2), None, None)
+    with pytest.raises(StoreError):
+        store.record_signed(CID, 2, b"\x11" * 32)
