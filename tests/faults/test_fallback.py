@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 
 from offchain.agents.common import on_chain
-from offchain.agents.fallback import UnresponsiveDeadlines
+from offchain.agents.fallback import DisputeFallback, UnresponsiveDeadlines
 from offchain.agents.trader import AgentTimeout
 from offchain.chain.client import RegistrationKind, Stage
+from offchain.protocol.party import ChannelParty
 from offchain.settlement import Evidence, OraclePrice, payouts
 from offchain.types import ChannelId
 from tests.faults.conftest import UP, FaultNet, Proxy, Rule, kinds, settled, trader_via
@@ -133,5 +134,63 @@ def test_a_broker_disputes_a_trader_that_went_away_and_the_evidence_fills_its_or
         finally:
             await other.stop()
             await broker.stop()
+
+    run(body(), timeout=60)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL between the challenge transaction and the status write."""
+
+
+def test_an_agent_killed_after_its_challenge_landed_carries_on_after_the_restart(net: FaultNet) -> None:
+    """The challenge is on-chain but the process dies before it stores ``disputed``. Restarted on
+    its store (status ``unresponsive``), the fallback becomes due again, finds the dispute already
+    running (no second challenge), hands it to its watchtower and concludes."""
+
+    async def body() -> None:
+        broker = await net.broker(dispute_after=None)
+        trader = await net.trader(broker, CO, timeout=3)
+        try:
+            await place(trader, 1_000)
+            await settled(broker, trader)
+        finally:
+            await trader.stop()
+            await broker.stop()
+        party = trader.party
+        assert party is not None
+        last = party.co_signed
+        party.set_status("unresponsive")
+        first_block = int(net.chain.w3.eth.block_number)
+
+        first = DisputeFallback(trader.signer, net.chain, net.sb.adjudicator.address, dispute_after=0)
+        first.unresponsive(party)
+
+        def killed(status: str) -> None:
+            raise Killed
+
+        party.set_status = killed  # type: ignore[method-assign]
+        with pytest.raises(Killed):
+            await first.step()
+        assert (await net.party_status(trader)).stage == Stage.DISPUTED
+
+        # the restart: the same store, a new party and a new fallback
+        restarted = ChannelParty.load(party.store, trader.state_signer, party.channel_id)
+        assert restarted.status == "unresponsive"
+        second = DisputeFallback(trader.signer, net.chain, net.sb.adjudicator.address, dispute_after=0)
+        second.resume(restarted)
+        await second.step()
+        assert restarted.status == "disputed"
+        disputed = await net.party_status(trader)
+        await on_chain(net.chain, net.chain.increase_time, restarted.params.challenge_duration + 1)
+        before = await net.balance(trader.address)
+        await second.step()
+        assert restarted.status == "concluded"
+        assert (await net.party_status(trader)).stage == Stage.CONCLUDED
+        expected = payouts(restarted.params, last.state, disputed.trader_deposit, disputed.broker_deposit, {}, 6)
+        assert await net.balance(trader.address) - before == expected.to_trader
+        challenges = await on_chain(
+            net.chain, net.sb.adjudicator.logs, "Challenged", first_block, int(net.chain.w3.eth.block_number)
+        )
+        assert [bytes(c["args"]["channelId"]) for c in challenges].count(party.channel_id) == 1
 
     run(body(), timeout=60)
