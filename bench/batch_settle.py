@@ -3,7 +3,7 @@ co-signed and stored, < 2 s.
 
 One process, no sockets: the real :class:`offchain.agents.broker.BrokerAgent` (its
 ``settle_batch`` -> ``_settle``: ``book_orders``, ``clear``, ``_trades``, ``_would_apply``, the
-signed price, ``_propose`` -> ``ChannelParty.propose`` / ``on_ack``) with its durable store
+signed price, ``ChannelParty.propose`` / ``on_ack`` in grouped transactions) with its durable store
 (:class:`offchain.store.sqlite.SQLiteStore`, WAL, ``synchronous=FULL``), and one trader
 :class:`offchain.protocol.party.ChannelParty` per channel, each with its own in-memory store
 (a trader's disk is on its own machine). Only ``_broadcast_to`` is replaced: a proposal is handed
@@ -15,19 +15,16 @@ Every channel holds one order crossing the book (half buys, half sells), so ever
 Trade. Set-up (not timed): each channel is opened at version 2 (deposits and the order) by the
 real engine, both sides signing that state; the set-up is stored in one transaction.
 
-Two measurements, in the same run, on two sets of channels:
+The figure is the broker's real ``settle_batch`` on ``--channels`` channels (default 10,000):
+one store transaction for the batch price, the batch's trades and every Trade proposal before
+anything is sent, then every proposal sent, and the ACKs taken in group commits (one transaction,
+one fsync, for the ACKs that arrive together: here all of them, as the in-process traders answer
+at once).
 
-- **broker as it is**: ``settle_batch`` as the code stands: every proposal and every ACK is its
-  own SQLite commit (one fsync each, two per channel), so it is run on fewer channels
-  (``--as-is-channels``, default 1,000: already far past the bar, and 10,000 would take minutes);
-- **grouped commit** (``--channels``, default 10,000): the same steps with the broker's calls,
-  but every proposal of the batch stored in one transaction before any is sent, and every ACK
-  taken in one transaction: what ``_settle`` would do with a grouped commit.
-
-Beside them: the raw cryptography of as many co-signed updates with coincurve (2 digests, 2
+Beside it: the raw cryptography of as many co-signed updates with coincurve (2 digests, 2
 signatures, 2 recoveries each), the time the in-process traders took, and one fsynced commit.
 
-    .venv/bin/python bench/batch_settle.py [--channels N] [--as-is-channels N]
+    .venv/bin/python bench/batch_settle.py [--channels N]
 """
 
 from __future__ import annotations
@@ -59,24 +56,21 @@ from common import (
 )
 from web3 import Web3
 
-from offchain.agents.broker import BrokerAgent, BrokerConfig, MarketBook
+from offchain.agents.broker import BrokerAgent, BrokerConfig
 from offchain.chain.connection import Chain
-from offchain.engine.auction import clear
 from offchain.engine.channel import AccountDeposits, CreateOrder, apply, setup
 from offchain.model import BatchPrice, ChannelParams, Market, Order
 from offchain.protocol import messages as m
 from offchain.protocol.party import BROKER, SERVER_INITIATIVE, TRADER, ChannelParty
 from offchain.signing import CoSignedState, LocalSigner, StateSigner
-from offchain.store import MemoryStore, StoredBatchPrice
+from offchain.store import MemoryStore
 from offchain.store.sqlite import SQLiteStore
 from offchain.types import (
     Address,
     BatchNumber,
-    ChannelId,
     ExpirationHours,
     MarketId,
     Nonce,
-    Price,
     SyntheticAmount,
     Timestamp,
     TokenAmount,
@@ -170,46 +164,10 @@ def done_deposits(broker: BrokerAgent) -> None:
         broker.deposit_tasks[channel_id] = done  # type: ignore[assignment]
 
 
-async def settle_as_is(broker: InProcessBroker) -> tuple[BatchPrice, float]:
+async def settle(broker: InProcessBroker) -> tuple[BatchPrice, float]:
     done_deposits(broker)
     start = time.perf_counter()
     price = await broker.settle_batch(MARKET_ID)
-    return price, time.perf_counter() - start
-
-
-async def settle_grouped(broker: InProcessBroker) -> tuple[BatchPrice, float]:
-    """``_settle`` with a grouped commit: the broker's own steps, one commit for the price, the
-    trades and every proposed state (before anything is sent), one for every ACK."""
-    done_deposits(broker)
-    start = time.perf_counter()
-    book: MarketBook = broker.books[MARKET_ID]
-    now = Timestamp(int(time.time()))
-    orders, by_key = broker.book_orders(book, now)
-    batch = BatchNumber(book.open_batch)
-    clearing = clear(orders, MARKET.resolution, book.last_price)
-    price = BatchPrice(MarketId(MARKET_ID), batch, Price(clearing.price))
-    marks = {**broker.marks(), MARKET_ID: price.price}
-    trades = broker._trades(clearing.fills, by_key, book, price, now, marks)
-    refused = [cid for cid, trade in trades.items() if not broker._would_apply(cid, trade, now)]
-    if refused:
-        raise SystemExit(f"{len(refused)} channels would refuse their trade")
-    signature = broker.price_signer.sign_price(price)
-    with broker.store.transaction():  # stored before anything is published or proposed
-        broker.store.put_batch_price(StoredBatchPrice(broker.address, price, signature))
-        broker.store.put_meta(
-            "broker.market", str(MARKET_ID), {"open_batch": batch + 1, "last_price": clearing.price, "priced": True}
-        )
-        proposals = [broker.parties[ChannelId(cid)].propose("trade", trade)[0] for cid, trade in trades.items()]
-    book.open_batch = batch + 1
-    book.history.append(StoredBatchPrice(broker.address, price, signature))
-    book.last_price = clearing.price
-    book.priced = True
-    trader_start = time.perf_counter()
-    acks = [broker.traders[p.channel_id].on_proposal(p) for p in proposals]
-    broker.trader_seconds += time.perf_counter() - trader_start
-    with broker.store.transaction():  # every countersignature in one commit
-        for ack in acks:
-            broker.parties[ack.channel_id].on_ack(ack)
     return price, time.perf_counter() - start
 
 
@@ -237,12 +195,12 @@ def fsync_commit_seconds(directory: Path, commits: int = 50) -> float:
         return (time.perf_counter() - start) / commits
 
 
-def run(label: str, directory: Path, channels: int, first: int, grouped: bool) -> dict[str, Any]:
+def run(label: str, directory: Path, channels: int, first: int) -> dict[str, Any]:
     start = time.perf_counter()
     broker = make_broker(directory / f"{label}.db", channels, first)
     setup_seconds = time.perf_counter() - start
     print(f"  {label}: {channels:,} channels set up in {setup_seconds:.1f} s; settling ...", flush=True)
-    price, seconds = asyncio.run(settle_grouped(broker) if grouped else settle_as_is(broker))
+    price, seconds = asyncio.run(settle(broker))
     touched = co_signed_trades(broker, price.batch)
     broker.store.close()
     if touched != channels:
@@ -260,51 +218,35 @@ def run(label: str, directory: Path, channels: int, first: int, grouped: bool) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--channels", type=int, default=10_000, help="channels in the grouped-commit batch (default: 10000)"
-    )
-    parser.add_argument(
-        "--as-is-channels", type=int, default=1_000, help="channels in the batch of the broker as it is (default: 1000)"
-    )
+    parser.add_argument("--channels", type=int, default=10_000, help="channels in the batch (default: 10000)")
     parser.add_argument("--dir", help="directory for the SQLite files (default: a temporary one beside the results)")
     parser.add_argument("--results", help="directory for the JSON (default: bench/results)")
     args = parser.parse_args()
-    n, grouped_n = args.as_is_channels, args.channels
+    n = args.channels
     results = results_dir(args.results)
     results.mkdir(parents=True, exist_ok=True)
     # On the disk of the results, not a tmpfs: the fsyncs are part of the figure.
     with tempfile.TemporaryDirectory(dir=args.dir or results) as tmp:
         directory = Path(tmp)
         fsync = fsync_commit_seconds(directory)
-        raw = raw_cosigned_updates(n)
+        raw = raw_cosigned_updates(min(n, 2_000)) * n / min(n, 2_000)
         print("settling one batch, in one process (the broker + in-process trader parties, no sockets):")
-        as_is = run("as_is", directory, n, 0, grouped=False)
-        grouped = run("grouped", directory, grouped_n, n, grouped=True)
-    raw_grouped = raw * grouped_n / n
+        settle = run("settle", directory, n, 0)
     bars = [
         bar(
-            f"settling a batch touching {n:,} channels (broker as it is)",
-            as_is["seconds"],
+            f"settling a batch touching {n:,} channels (BrokerAgent.settle_batch)",
+            settle["seconds"],
             "s",
             raw,
             "raw coincurve for as many co-signed updates",
             BAR_SECONDS,
         ),
-        bar(
-            f"settling a batch touching {grouped_n:,} channels (grouped commit, proposed)",
-            grouped["seconds"],
-            "s",
-            raw_grouped,
-            "raw coincurve for as many co-signed updates",
-            BAR_SECONDS,
-        ),
     ]
-    for label, r, ref in (("broker as it is", as_is, raw), ("grouped commit", grouped, raw_grouped)):
-        print(
-            f"  {label:16} {r['channels']:>7,} channels  {r['seconds']:8.2f} s"
-            f"  (broker {r['broker_seconds']:.2f} s, in-process traders {r['trader_seconds']:.2f} s)"
-            f"  {r['seconds'] / ref:5.1f}x raw crypto"
-        )
+    print(
+        f"  settle_batch {settle['channels']:>7,} channels  {settle['seconds']:8.2f} s"
+        f"  (broker {settle['broker_seconds']:.2f} s, in-process traders {settle['trader_seconds']:.2f} s)"
+        f"  {settle['seconds'] / raw:5.1f}x raw crypto"
+    )
     print(f"  raw coincurve, {n:,} co-signed updates   {raw:8.2f} s;  one fsynced SQLite commit {fsync * 1e3:.2f} ms")
     print_bars(bars)
     path = write_result(
@@ -312,8 +254,7 @@ def main() -> None:
         bars,
         results,
         mode="one process, in-process trader parties (no sockets); broker SQLiteStore synchronous=FULL",
-        as_is=as_is,
-        grouped=grouped,
+        settle=settle,
         raw_crypto_seconds=round(raw, 3),
         fsync_commit_ms=round(fsync * 1e3, 3),
     )

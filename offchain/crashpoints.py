@@ -52,6 +52,8 @@ CRASH_POINTS: tuple[str, ...] = (
     "broker.batch.signed",
     "broker.batch.stored",
     "broker.batch.published",
+    "broker.trade_proposal.before_send",
+    "broker.trade_proposal.sent",
     # offchain/agents/trader.py: TraderAgent
     "trader.setup.before_send",
     "trader.setup_ack.before_send",

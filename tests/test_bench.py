@@ -16,7 +16,8 @@ BAR_KEYS = {"name", "figure", "unit", "reference", "reference_label", "ratio", "
 
 TINY = {
     "clearing": ["--orders", "1000", "--repeats", "2"],
-    "batch_settle": ["--channels", "12", "--as-is-channels", "6"],
+    "batch_settle": ["--channels", "12"],
+    "broker_wire": ["--connections", "4", "--updates", "50", "--rounds", "1"],
     "scale": ["--levels", "10,30", "--updates", "2", "--traders", "2"],
 }
 
@@ -48,8 +49,10 @@ def test_benchmark_runs_at_tiny_size(name: str, tmp_path: Path) -> None:
         assert document["implementations_agree"] is True
         assert document["fills"] > 0 and all(v > 0 for v in document["ms"].values())
     elif name == "batch_settle":
-        assert document["as_is"]["co_signed_trades"] == 6
-        assert document["grouped"]["co_signed_trades"] == 12
+        assert document["settle"]["co_signed_trades"] == 12
+    elif name == "broker_wire":
+        assert document["best"]["updates"] == 4 * 50
+        assert document["best"]["p50_ms"] > 0 and document["best"]["p99_ms"] > 0
     else:
         assert [row["channels"] for row in document["table"]] == [10, 30]
         assert all(row["update_ms"] > 0 and row["batch_ms"] > 0 for row in document["table"])

@@ -24,9 +24,10 @@ import os
 import time
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, serve
@@ -48,6 +49,7 @@ from offchain.engine.channel import (
     Fill,
     Finalize,
     Trade,
+    Transitioned,
     apply,
 )
 from offchain.engine.rules import RuleViolation, fee_lock, fill_collateral
@@ -79,6 +81,8 @@ from offchain.types import (
     Timestamp,
     TokenAmount,
 )
+
+T = TypeVar("T")
 
 MARK_LOOKBACK = 1000
 """Batches searched back for the signed price behind a mark when a trader resumes."""
@@ -127,6 +131,18 @@ def _batch_of(record: StoredBatchPrice) -> int:
     return record.price.batch
 
 
+def _snapshot(party: ChannelParty) -> tuple[Any, ...]:
+    """What a party holds in memory that a step may change (as ``ChannelParty._atomic`` keeps it)."""
+    return (party.channel, party.co_signed, party.turn, party.status, party.pending)
+
+
+def _restore(party: ChannelParty, snapshot: tuple[Any, ...]) -> None:
+    """Put back what :func:`_snapshot` kept after a group commit failed. The party's record of
+    what it last wrote is forgotten, so that its next save writes in full (as ``save`` does)."""
+    party.channel, party.co_signed, party.turn, party.status, party.pending = snapshot
+    party._saved = None
+
+
 class BrokerAgent:
     """The broker: one process, many channels, one store."""
 
@@ -163,6 +179,9 @@ class BrokerAgent:
         self.yield_requested: dict[ChannelId, str] = {}  # channel -> the id of its request_yield
         self.unsettled: dict[int, set[bytes]] = {}  # per market: channels whose trade is still to propose
         self.events: list[tuple[str, str]] = []  # (kind, detail) for tests, logs and the demo
+        # The group commit (see _grouped): steps waiting for the next transaction.
+        self._group: list[tuple[ChannelParty | None, Callable[[], Any], asyncio.Future[Any]]] = []
+        self._group_scheduled = False
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.fallback: DisputeFallback | None = None
@@ -330,7 +349,7 @@ class BrokerAgent:
             await self._on_propose(ws, trader, msg)
         elif isinstance(msg, m.Ack):
             party = self._party_of(trader, msg.channel_id)
-            party.on_ack(msg)
+            await self._grouped(party, lambda: party.on_ack(msg))
             crash_point("broker.ack_received")
             # A setup ACK that came after the ACK timeout, or after a restart: deposit now (idempotent).
             self._maybe_deposit(party)
@@ -340,7 +359,7 @@ class BrokerAgent:
             self._mark_responsive(party)
         elif isinstance(msg, m.Yield):
             party = self._party_of(trader, msg.channel_id)
-            party.on_yield(msg)
+            await self._grouped(party, lambda: party.on_yield(msg))
             self.turn_events[party.channel_id].set()
         elif isinstance(msg, m.RequestYield):
             party = self._party_of(trader, msg.channel_id)
@@ -374,6 +393,59 @@ class BrokerAgent:
                     waiter.set_exception(ProtocolError(msg.code, msg.reason, msg.rule))
         else:
             raise ProtocolError(m.UNKNOWN_TYPE, f"a broker does not accept {m.type_name(msg)}")
+
+    # ------------------------------------------------------------------ group commit
+
+    async def _grouped(self, party: ChannelParty | None, step: Callable[[], T]) -> T:
+        """Run ``step`` (a synchronous step of ``party`` that writes to the store: countersigning
+        a proposal, taking an ACK or a yield) in the next group commit, and return its result once
+        the group's transaction is committed, i.e. durable (MISSION.md: a state is stored before
+        it is acknowledged; group commit).
+
+        The steps that arrive while the event loop is busy (from every connection) are run one
+        after the other in one store transaction, each in its own savepoint, then committed with
+        one fsync; only then does any of them get its result, so no ACK leaves before its state
+        is on disk. A step that raises undoes its own writes only (its savepoint, and the party's
+        memory, by ``ChannelParty._atomic``) and gets its exception. A commit that fails fails
+        every step of the group with the store's error and puts the parties' memory back as it
+        was before the group: nothing of it was stored, so nothing of it is acted on."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._group.append((party, step, future))
+        if not self._group_scheduled:
+            self._group_scheduled = True
+            loop.call_soon(self._commit_group)
+        return await future
+
+    def _commit_group(self) -> None:
+        self._group_scheduled = False
+        group, self._group = self._group, []
+        outcomes: list[tuple[bool, Any]] = []
+        snapshots: list[tuple[ChannelParty, tuple[Any, ...]]] = []
+        try:
+            with self.store.transaction():
+                for party, step, _ in group:
+                    if party is not None:
+                        snapshots.append((party, _snapshot(party)))
+                    try:
+                        with self.store.transaction():  # a savepoint: a failing step undoes its own writes
+                            outcomes.append((True, step()))
+                    except Exception as exc:  # noqa: BLE001 - handed to the step's caller
+                        outcomes.append((False, exc))
+        except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of the group is stored
+            for party, snapshot in reversed(snapshots):
+                _restore(party, snapshot)
+            for _, _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), (ok, value) in zip(group, outcomes, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -491,7 +563,7 @@ class BrokerAgent:
         def check(channel: Channel, proposal: m.Propose) -> None:
             self._check_trader_proposal(channel, proposal, on_chain_deposits)
 
-        ack = party.on_proposal(msg, check)
+        ack = await self._grouped(party, lambda: party.on_proposal(msg, check))
         crash_point("broker.ack.before_send")
         await send(ws, ack)
         crash_point("broker.ack.sent")
@@ -857,21 +929,25 @@ class BrokerAgent:
             price = BatchPrice(MarketId(book.market.id), batch, Price(clearing.price))
             marks = {**self.marks(), book.market.id: price.price}
             trades = self._trades(clearing.fills, by_key, book, price, now, marks)
-            refused = {cid for cid, trade in trades.items() if not self._would_apply(cid, trade, now)}
+            applied = {cid: self._would_apply(cid, trade, now) for cid, trade in trades.items()}
+            refused = {cid for cid, result in applied.items() if result is None}
             if not refused:
                 break
             excluded |= refused
         signature = self.price_signer.sign_price(price)  # never a second price for this batch
         crash_point("broker.batch.signed")
-        with self.store.transaction():  # stored before it is published
+        # One transaction, stored before anything is published or proposed: the price, the next
+        # open batch, the batch's trades (a broker killed before they are all co-signed proposes
+        # the rest on restart) and every Trade proposal (our signature on each new state).
+        with self._storing_proposals() as snapshots, self.store.transaction():
             self.store.put_batch_price(StoredBatchPrice(self.address, price, signature))
             self.store.put_meta(
                 "broker.market",
                 str(book.market.id),
                 {"open_batch": batch + 1, "last_price": clearing.price, "priced": True},
             )
-            # The trades too: a broker killed before it proposed them all proposes the rest on restart.
             self.store.put_meta("broker.trades", str(book.market.id), _trades_json(batch, trades) if trades else None)
+            proposals, later = self._store_trade_proposals(trades, snapshots)
         crash_point("broker.batch.stored")
         book.open_batch = batch + 1
         book.history.append(StoredBatchPrice(self.address, price, signature))
@@ -886,11 +962,96 @@ class BrokerAgent:
         for trader in list(self.connections):
             await self._broadcast_to(trader, notice)
         crash_point("broker.batch.published")
-        await asyncio.gather(
-            *(self._propose(self.parties[ChannelId(cid)], "trade", trade) for cid, trade in trades.items())
-        )
+        await self._deliver_trades(proposals, later)
         self._keep_unsettled(book.market.id)
         return price
+
+    @contextmanager
+    def _storing_proposals(self) -> Iterator[list[tuple[ChannelParty, tuple[Any, ...]]]]:
+        """Around a store transaction that proposes in many channels: if it fails (nothing of it
+        was stored), the parties' memory is put back as it was (see :meth:`_commit_group`)."""
+        snapshots: list[tuple[ChannelParty, tuple[Any, ...]]] = []
+        try:
+            yield snapshots
+        except BaseException:
+            for party, snapshot in reversed(snapshots):
+                _restore(party, snapshot)
+            raise
+
+    def _store_trade_proposals(
+        self,
+        trades: dict[bytes, Trade],
+        snapshots: list[tuple[ChannelParty, tuple[Any, ...]]],
+    ) -> tuple[dict[bytes, m.Propose], dict[bytes, Trade]]:
+        """Inside the caller's transaction: store and sign the Trade proposal of every channel
+        that can take it at once (answering, no proposal pending or in the making, the turn with
+        us), each in its own savepoint. Returns those proposals, and the trades left for the
+        one-by-one path (:meth:`_propose`, which waits for the channel's lock or turn). A trade
+        refused (the engine, the signature log, the store) is left out and stays unsettled."""
+        proposals: dict[bytes, m.Propose] = {}
+        later: dict[bytes, Trade] = {}
+        for cid, trade in trades.items():
+            party = self.parties[ChannelId(cid)]
+            if party.channel_id in self.unresponsive:
+                continue  # as _propose: its trade waits until it answers
+            if (
+                self.channel_locks[party.channel_id].locked()
+                or party.pending is not None
+                or (party.flow == COOPERATIVE and not party.my_turn())
+            ):
+                later[cid] = trade
+                continue
+            snapshots.append((party, _snapshot(party)))
+            try:
+                with self.store.transaction():  # a savepoint: a refusal undoes this channel's writes only
+                    proposal, _ = party.propose("trade", trade)
+            except (ProtocolError, RuleViolation, StoreError) as exc:
+                self._event("refused", f"trade in 0x{party.channel_id.hex()}: {exc.reason}")
+                continue
+            proposals[cid] = proposal
+        return proposals, later
+
+    async def _deliver_trades(self, proposals: dict[bytes, m.Propose], later: dict[bytes, Trade]) -> None:
+        """Send every stored Trade proposal, then wait for the ACKs (taken in group commits, as
+        they come); a channel that does not countersign within ``ack_timeout`` is unresponsive.
+        The channels' locks are held until then, as :meth:`_propose` holds them."""
+        locks = [self.channel_locks[ChannelId(cid)] for cid in proposals]
+        for lock in locks:
+            await lock.acquire()  # free (checked when proposing, nothing ran since): no wait
+        try:
+            loop = asyncio.get_running_loop()
+            waiters: dict[bytes, asyncio.Future[None]] = {}
+            for cid in proposals:
+                waiters[cid] = self.ack_waiters[ChannelId(cid)] = loop.create_future()
+            try:
+                await asyncio.gather(
+                    *(self._send_proposal(proposal) for proposal in proposals.values()),
+                    *(self._propose(self.parties[ChannelId(cid)], "trade", trade) for cid, trade in later.items()),
+                )
+                if waiters:
+                    await asyncio.wait(waiters.values(), timeout=self.config.ack_timeout)
+            finally:
+                for cid, waiter in waiters.items():
+                    if self.ack_waiters.get(ChannelId(cid)) is waiter:
+                        del self.ack_waiters[ChannelId(cid)]
+            for cid, waiter in waiters.items():
+                party, version = self.parties[ChannelId(cid)], proposals[cid].state.version
+                if not waiter.done():
+                    waiter.cancel()
+                    self._report_unresponsive(party, f"did not countersign version {version}", reconnect=True)
+                elif waiter.exception() is not None:
+                    exc = waiter.exception()
+                    code = exc.code if isinstance(exc, ProtocolError) else type(exc).__name__
+                    self._report_unresponsive(party, f"refused version {version}: {code}")
+        finally:
+            for lock in locks:
+                lock.release()
+
+    async def _send_proposal(self, proposal: m.Propose) -> None:
+        party = self.parties[proposal.channel_id]
+        crash_point("broker.trade_proposal.before_send")
+        await self._broadcast_to(party.params.trader, proposal)
+        crash_point("broker.trade_proposal.sent")
 
     def _unproposed_trades(self, market_id: int) -> dict[bytes, Trade]:
         """The stored trades of the market's last batch not yet proposed (after a crash between
@@ -934,13 +1095,9 @@ class BrokerAgent:
         left = self._unproposed_trades(book.market.id)
         if left:
             self._event("resume_trades", f"market {book.market.id}: {len(left)} trade(s) of the last batch")
-            await asyncio.gather(
-                *(
-                    self._propose(self.parties[ChannelId(cid)], "trade", trade)
-                    for cid, trade in left.items()
-                    if cid not in self.unresponsive
-                )
-            )
+            with self._storing_proposals() as snapshots, self.store.transaction():
+                proposals, later = self._store_trade_proposals(left, snapshots)
+            await self._deliver_trades(proposals, later)
         self._keep_unsettled(book.market.id)
 
     def _trades(
@@ -963,18 +1120,19 @@ class BrokerAgent:
             per_channel[channel_id].append(Fill(Nonce(nonce), SyntheticAmount(amount), fee))
         return {cid: Trade(price, tuple(f), now, marks) for cid, f in per_channel.items()}
 
-    def _would_apply(self, channel_id: bytes, trade: Trade, now: int) -> bool:
+    def _would_apply(self, channel_id: bytes, trade: Trade, now: int) -> Transitioned | None:
         """Whether the channel's Trade can be proposed: the engine accepts it, and the resulting
         state would not prove that an order was left out by one of our signed prices (this
         batch's included). A channel whose fill cannot be co-signed sits the batch out; while an
         order it holds stays crossed and unfilled, it takes no trade in that market, so that the
-        broker never signs a state the trader could slash it with."""
+        broker never signs a state the trader could slash it with. Returns the engine's result,
+        or None when the channel sits the batch out."""
         party = self.parties[ChannelId(channel_id)]
         try:
             result = apply(party.channel, trade)
         except RuleViolation as exc:
             self._event("left_out", f"0x{channel_id.hex()} from batch {trade.batch_price.batch}: {exc.reason}")
-            return False
+            return None
         pending = trade.batch_price
 
         def prices_between(market: int, first: int, last: int) -> list[StoredBatchPrice]:
@@ -990,8 +1148,8 @@ class BrokerAgent:
                 "left_out",
                 f"0x{channel_id.hex()} from batch {pending.batch}: it would leave crossed order(s) {nonces} unfilled",
             )
-            return False
-        return True
+            return None
+        return result
 
     # ------------------------------------------------------------------ views
 

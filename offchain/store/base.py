@@ -291,9 +291,13 @@ def check_stored_state(
 ) -> ChannelState:
     if not isinstance(state, ChannelState):
         raise ValidationError("state must be a ChannelState")
+    check_stored_state_signatures(trader_signature, broker_signature)
+    return check_state(state)
+
+
+def check_stored_state_signatures(trader_signature: bytes | None, broker_signature: bytes | None) -> None:
     check_signature("trader_signature", trader_signature)
     check_signature("broker_signature", broker_signature)
-    return check_state(state)
 
 
 def check_stored_order(record: StoredOrder) -> None:

@@ -25,6 +25,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
@@ -46,6 +47,7 @@ from offchain.store.base import (
     check_stored_batch_price,
     check_stored_order,
     check_stored_state,
+    check_stored_state_signatures,
     check_str,
     check_version,
     encode_json,
@@ -130,6 +132,17 @@ def _u64_text(value: int) -> str:
     return f"{value:020d}"
 
 
+CACHE_ENTRIES = 4096
+"""Entries of each of the store's small caches (see SQLiteStore.__init__)."""
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > CACHE_ENTRIES:
+        cache.popitem(last=False)
+
+
 def _key(channel_id: bytes) -> str:
     return "channel 0x" + channel_id.hex()
 
@@ -151,6 +164,12 @@ class SQLiteStore:
         self.synchronous = synchronous.upper()
         self._lock = threading.RLock()
         self._depth = 0
+        # Bounded caches of what was just written or read (a party reads back the state it has
+        # just stored): a state object already checked and encoded, by identity (states are
+        # immutable; the entry holds the object, so its id is not reused while cached), and a row
+        # already parsed, by (channel id, version), used only while the row's text is the same.
+        self._encoded: OrderedDict[int, tuple[ChannelState, str]] = OrderedDict()
+        self._parsed: OrderedDict[tuple[bytes, int], tuple[int, str, ChannelState]] = OrderedDict()
         self._conn: sqlite3.Connection | None = None
         self._lock_fd = self._acquire_file_lock()
         try:
@@ -267,6 +286,10 @@ class SQLiteStore:
         with self._db() as conn:
             depth = self._depth
             savepoint = f"sp{depth}"
+            if depth and not conn.in_transaction:
+                # SQLite rolled the enclosing transaction back by itself (some I/O errors do, e.g.
+                # in a savepoint that failed and was caught): a write now would commit on its own.
+                raise StoreError(f"{self.path}: the enclosing transaction was rolled back by SQLite")
             conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
             self._depth = depth + 1
             try:
@@ -349,8 +372,15 @@ class SQLiteStore:
     # ------------------------------------------------------------------ states
 
     def put_state(self, state: ChannelState, trader_signature: bytes | None, broker_signature: bytes | None) -> None:
-        check_stored_state(state, trader_signature, broker_signature)
-        body = state.to_json()
+        known = self._encoded.get(id(state))
+        if known is not None and known[0] is state:
+            # This very object was checked and encoded before (it is immutable): only the signatures.
+            check_stored_state_signatures(trader_signature, broker_signature)
+            text = known[1]
+        else:
+            check_stored_state(state, trader_signature, broker_signature)
+            text = encode_json(state.to_json(), "state", check_round_trip=False)
+            _remember(self._encoded, id(state), (state, text))
         with self.transaction(), self._db() as conn:
             row = conn.execute(
                 "SELECT is_final, body FROM states WHERE channel_id = ? AND version = ?",
@@ -363,14 +393,18 @@ class SQLiteStore:
                         state.channel_id,
                         state.version,
                         int(state.is_final),
-                        encode_json(body, "state", check_round_trip=False),
+                        text,
                         trader_signature,
                         broker_signature,
                     ),
                 )
+                _remember(self._parsed, (state.channel_id, state.version), (int(state.is_final), text, state))
                 return
             key = f"{_key(state.channel_id)}, version {state.version}"
-            if row[0] != int(state.is_final) or self._json("states", key, row[1]) != body:
+            # The same canonical text is the same state; another text may still be the same JSON.
+            if row[0] != int(state.is_final) or (
+                row[1] != text and self._json("states", key, row[1]) != self._json("states", key, text)
+            ):
                 raise StoreError(f"refusing to overwrite the stored state of {key} with a different one")
             if trader_signature is not None or broker_signature is not None:
                 conn.execute(
@@ -410,12 +444,18 @@ class SQLiteStore:
         key = f"{_key(channel_id)}, version {version}"
         if is_final not in (0, 1):
             raise self._corrupt("states", key, f"is_final is {is_final!r}")
-        try:
-            state = ChannelState.from_json(ChannelId(channel_id), bool(is_final), self._json("states", key, body))
-        except ValidationError as exc:
-            raise self._corrupt("states", key, exc.reason) from exc
-        if state.version != version:
-            raise self._corrupt("states", key, f"the body has version {state.version}")
+        known = self._parsed.get((channel_id, version)) if isinstance(channel_id, bytes) else None
+        if known is not None and known[0] == is_final and known[1] == body:
+            state = known[2]  # the row holds exactly the text this state was stored or read as
+        else:
+            try:
+                state = ChannelState.from_json(ChannelId(channel_id), bool(is_final), self._json("states", key, body))
+            except ValidationError as exc:
+                raise self._corrupt("states", key, exc.reason) from exc
+            if state.version != version:
+                raise self._corrupt("states", key, f"the body has version {state.version}")
+            if isinstance(body, str):
+                _remember(self._parsed, (channel_id, version), (is_final, body, state))
         for signature in (trader_signature, broker_signature):
             if signature is not None and not isinstance(signature, bytes):
                 raise self._corrupt("states", key, "a signature is not a BLOB")
