@@ -15,12 +15,9 @@ JSON carries every amount as a decimal string; addresses as checksummed hex; byt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from eth_abi.abi import encode as abi_encode
-from eth_utils.address import is_address, is_checksum_address, to_checksum_address
-from eth_utils.crypto import keccak
+from typing import Any, TypeVar, cast
 
 from offchain.errors import BoundsError, ValidationError
 from offchain.types import (
@@ -45,10 +42,70 @@ MIN_CHALLENGE_DURATION = 3600
 MAX_CHALLENGE_DURATION = 30 * 86400
 MAX_MARKETS = 16
 MAX_OPEN_ORDERS = 64
-ZERO_ADDRESS = to_checksum_address("0x0000000000000000000000000000000000000000")
+ZERO_ADDRESS = cast(Address, "0x0000000000000000000000000000000000000000")
 
-_MARKETS_ABI = "(uint256,address,uint256,uint256,uint256)[]"
-_CHANNEL_ID_ABI = ["uint256", "address", "address", "address", "address", "uint256", "uint256", "uint256", "bytes32"]
+
+def _fast_keccak() -> Callable[[bytes], bytes]:
+    """keccak-256 from the fastest backend installed (as offchain.eip712's, which imports this
+    module): pysha3's C type, else eth-hash."""
+    try:
+        from _pysha3 import keccak_256  # safe-pysha3, without sha3.py patching hashlib
+    except ImportError:  # pragma: no cover - depends on what is installed
+        from eth_hash.auto import keccak as slow
+
+        return slow
+
+    def keccak(data: bytes) -> bytes:
+        return keccak_256(data).digest()  # type: ignore[no-any-return]
+
+    return keccak
+
+
+keccak: Callable[[bytes], bytes] = _fast_keccak()
+
+
+# --------------------------------------------------------------------------- sharing
+#
+# A broker holds many channels whose parameters repeat: one chain, one adjudicator, one broker,
+# one token, a few market lists. Values that are immutable and equal are interchangeable, so the
+# parsing below hands out one object per distinct value from small caches, instead of a copy per
+# channel (MISSION.md, "Bars": < 2 KiB per open channel). The caches are bounded: when one is
+# full it is emptied, and the next values start it again; nothing depends on a value being in it.
+
+_SHARED_CACHE_SIZE = 4096
+_T = TypeVar("_T")
+
+
+def _shared(cache: dict[Any, Any], value: _T) -> _T:
+    """The object in ``cache`` equal to ``value`` (``value`` itself the first time)."""
+    known = cache.get(value)
+    if known is not None:
+        return cast(_T, known)
+    if len(cache) >= _SHARED_CACHE_SIZE:
+        cache.clear()
+    cache[value] = value
+    return value
+
+
+_MARKET_LISTS: dict[tuple[Market, ...], tuple[Market, ...]] = {}
+_MARKET_HASHES: dict[tuple[Market, ...], bytes] = {}
+_PARAM_VALUES: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_NONCE_SETS: dict[frozenset[int], frozenset[int]] = {}
+_CHANNEL_IDS: dict[bytes, bytes] = {}
+_OUTCOME_LISTS: dict[tuple[Outcome, ...], tuple[Outcome, ...]] = {}
+
+
+def shared_nonces(nonces: frozenset[int]) -> frozenset[int]:
+    """``nonces``, or an equal frozenset already in use (a trader agent numbers its orders 1, 2,
+    3, ..., so many channels have used the same nonces). Sets of more than 8 are not shared."""
+    if not nonces:
+        return _EMPTY_NONCES
+    if len(nonces) > 8 or not all(type(n) is int for n in nonces):
+        return nonces
+    return _shared(_NONCE_SETS, nonces)
+
+
+_EMPTY_NONCES: frozenset[int] = frozenset()
 
 
 # --------------------------------------------------------------------------- bounds
@@ -83,13 +140,54 @@ def check_uint32(name: str, value: int) -> int:
 
 def check_address(name: str, value: object) -> Address:
     """A 0x address, returned in its checksummed form. Mixed case must be a valid EIP-55 checksum
-    (all-lowercase or all-uppercase hex carries no checksum and is accepted)."""
-    if not isinstance(value, str) or not value.startswith("0x") or not is_address(value):
+    (all-lowercase or all-uppercase hex carries no checksum and is accepted).
+
+    The addresses met recently are remembered (input form -> checksummed form), and each
+    checksummed address is one shared string: a broker's channels repeat the same few."""
+    if type(value) is str:
+        known = _ADDRESSES.get(value)
+        if known is not None:
+            return known
+    return _check_new_address(name, value)
+
+
+def _check_new_address(name: str, value: object) -> Address:
+    if not isinstance(value, str) or len(value) != 42 or not value.startswith("0x"):
         raise ValidationError(f"{name} is not an address: {value!r}")
     digits = value[2:]
-    if digits != digits.lower() and digits != digits.upper() and not is_checksum_address(value):
+    if not _HEX_DIGITS.issuperset(digits):
+        raise ValidationError(f"{name} is not an address: {value!r}")
+    checksummed = checksum_address(bytes.fromhex(digits))
+    if checksummed != value and digits != digits.lower() and digits != digits.upper():
         raise ValidationError(f"{name} has a wrong EIP-55 checksum: {value}")
-    return to_checksum_address(value)
+    if type(value) is str:
+        if len(_ADDRESSES) >= _SHARED_CACHE_SIZE:
+            _ADDRESSES.clear()
+        checksummed = _ADDRESSES.setdefault(checksummed, checksummed)
+        _ADDRESSES[value] = checksummed
+    return checksummed
+
+
+_ADDRESSES: dict[str, Address] = {}
+
+
+def checksum_address(raw: bytes) -> Address:
+    """EIP-55 of a 20-byte address (eth_utils.to_checksum_address, without its generic input
+    handling; tests/unit/test_model.py compares the two): hex digit i is upper case when nibble i
+    of keccak256(the lower-case hex) is 8 or more. Done on whole byte strings rather than a
+    Python loop over the 40 digits: a broker checksums every trader address it loads."""
+    digits = raw.hex().encode()
+    hashed = keccak(digits)[:20]
+    high = bytearray(40)  # 0x20 (the ASCII case bit) where the nibble is 8 or more
+    high[0::2] = hashed.translate(_HIGH_NIBBLE)
+    high[1::2] = hashed.translate(_LOW_NIBBLE)
+    flip = int.from_bytes(high, "big") & int.from_bytes(digits.translate(_LETTERS), "big")
+    return cast(Address, "0x" + (int.from_bytes(digits, "big") - flip).to_bytes(40, "big").decode())
+
+
+_HIGH_NIBBLE = bytes(0x20 if b & 0x80 else 0 for b in range(256))
+_LOW_NIBBLE = bytes(0x20 if b & 0x08 else 0 for b in range(256))
+_LETTERS = bytes(0x20 if chr(b) in "abcdef" else 0 for b in range(256))
 
 
 # --------------------------------------------------------------------------- structures
@@ -162,24 +260,36 @@ class ChannelParams:
         for name in ("adjudicator", "trader", "broker", "token"):
             object.__setattr__(self, name, check_address(name, getattr(self, name)))
         self.check()
-        header = self.header()
+        # What repeats from channel to channel (one chain, adjudicator, broker, token, a few
+        # market lists) is held once: equal immutable values, shared (see _shared).
+        if type(self.chain_id) is int and type(self.challenge_duration) is int and type(self.markets) is tuple:
+            if all(type(m) is Market for m in self.markets):
+                object.__setattr__(self, "markets", _shared(_MARKET_LISTS, self.markets))
+            shared = (self.chain_id, self.adjudicator, self.broker, self.token, self.challenge_duration)
+            chain_id, adjudicator, broker, token, challenge_duration = _shared(_PARAM_VALUES, shared)
+            object.__setattr__(self, "chain_id", chain_id)
+            object.__setattr__(self, "adjudicator", adjudicator)
+            object.__setattr__(self, "broker", broker)
+            object.__setattr__(self, "token", token)
+            object.__setattr__(self, "challenge_duration", challenge_duration)
+        # keccak256(abi.encode(chain_id, adjudicator, trader, broker, token, challenge_duration,
+        # nonce, len(markets), markets_hash)): nine static words (checked in range above).
         channel_id = keccak(
-            abi_encode(
-                _CHANNEL_ID_ABI,
-                [
-                    self.chain_id,
-                    self.adjudicator,
-                    header.trader,
-                    header.broker,
-                    header.token,
-                    header.challenge_duration,
-                    header.nonce,
-                    header.market_count,
-                    header.markets_hash,
-                ],
+            b"".join(
+                (
+                    self.chain_id.to_bytes(32, "big"),
+                    _address_word(self.adjudicator),
+                    _address_word(self.trader),
+                    _address_word(self.broker),
+                    _address_word(self.token),
+                    self.challenge_duration.to_bytes(32, "big"),
+                    self.nonce.to_bytes(32, "big"),
+                    len(self.markets).to_bytes(32, "big"),
+                    markets_hash(self.markets),
+                )
             )
         )
-        object.__setattr__(self, "_channel_id", ChannelId(channel_id))
+        object.__setattr__(self, "_channel_id", ChannelId(_shared(_CHANNEL_IDS, channel_id)))
 
     def check(self) -> None:
         """The checks the adjudicator applies to parameters in every function."""
@@ -223,7 +333,7 @@ class ChannelParams:
             challenge_duration=self.challenge_duration,
             nonce=self.nonce,
             market_count=len(self.markets),
-            markets_hash=keccak(abi_encode([_MARKETS_ABI], [[m.as_abi() for m in self.markets]])),
+            markets_hash=markets_hash(self.markets),
         )
 
     def as_abi(self) -> tuple[Any, ...]:
@@ -263,6 +373,32 @@ class ChannelParams:
             nonce=decimal_field(obj, "nonce"),
             markets=markets,
         )
+
+
+def markets_hash(markets: tuple[Market, ...]) -> bytes:
+    """``keccak256(abi.encode(markets))`` of checked markets (remembered per market list): the
+    head word, the length, then five static words per market."""
+    known = _MARKET_HASHES.get(markets)
+    if known is not None:
+        return known
+    words = [(32).to_bytes(32, "big"), len(markets).to_bytes(32, "big")]
+    for m in markets:
+        words += (
+            m.id.to_bytes(32, "big"),
+            _address_word(m.feed),
+            m.resolution.to_bytes(32, "big"),
+            m.risk_factor.to_bytes(32, "big"),
+            m.max_price_age.to_bytes(32, "big"),
+        )
+    digest = keccak(b"".join(words))
+    if len(_MARKET_HASHES) >= _SHARED_CACHE_SIZE:
+        _MARKET_HASHES.clear()
+    _MARKET_HASHES[markets] = digest
+    return digest
+
+
+def _address_word(address: str) -> bytes:
+    return bytes(12) + bytes.fromhex(address[2:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,13 +555,15 @@ class Order:
         }
 
     @classmethod
-    def from_json(cls, data: object) -> Order:
+    def from_json(cls, data: object, channel_id: bytes | None = None) -> Order:
+        """The order in ``data``; if its channel id equals ``channel_id``, it holds that object."""
         obj = json_object(data, "order")
         side = obj.get("side")
         if side not in ("buy", "sell"):
             raise ValidationError(f"order.side must be 'buy' or 'sell', got {side!r}")
+        own = hex_field(obj, "channel_id", 32)
         return cls(
-            channel_id=ChannelId(hex_field(obj, "channel_id", 32)),
+            channel_id=ChannelId(channel_id if channel_id is not None and own == channel_id else own),
             trader=_address(obj, "trader"),
             collateral=_address(obj, "collateral"),
             market=MarketId(decimal_field(obj, "market")),
@@ -470,10 +608,10 @@ class OpenOrder:
         }
 
     @classmethod
-    def from_json(cls, data: object) -> OpenOrder:
+    def from_json(cls, data: object, channel_id: bytes | None = None) -> OpenOrder:
         obj = json_object(data, "open_order")
         return cls(
-            order=Order.from_json(obj.get("order")),
+            order=Order.from_json(obj.get("order"), channel_id),
             signature=Signature(hex_field(obj, "signature", 65)),
             filled=SyntheticAmount(decimal_field(obj, "filled")),
             first_batch=BatchNumber(decimal_field(obj, "first_batch")),
@@ -571,15 +709,24 @@ class ChannelState:
             raise ValidationError("open_orders and outcomes must be arrays")
         if not isinstance(is_final, bool):
             raise ValidationError("final must be a boolean")
+        if type(channel_id) is bytes:  # the object of the parameters read just before, if any
+            channel_id = ChannelId(_CHANNEL_IDS.get(channel_id, channel_id))
         state = cls(
             channel_id=channel_id,
             version=Version(parse_decimal(version_raw, "increment")),
             balances=Balances.from_json(balances),
-            open_orders=tuple(OpenOrder.from_json(o) for o in orders),
-            outcomes=tuple(Outcome.from_json(o) for o in outcomes),
+            open_orders=tuple(OpenOrder.from_json(o, channel_id) for o in orders),
+            outcomes=_outcomes(tuple(Outcome.from_json(o) for o in outcomes)),
             is_final=is_final,
         )
         return check_state(state)
+
+
+def _outcomes(outcomes: tuple[Outcome, ...]) -> tuple[Outcome, ...]:
+    """One shared tuple of EMPTY_OUTCOMEs for outcomes equal to them (no market traded yet)."""
+    if all(o == EMPTY_OUTCOME and type(o) is Outcome for o in outcomes):
+        return _shared(_OUTCOME_LISTS, tuple(EMPTY_OUTCOME for _ in outcomes))
+    return outcomes
 
 
 def check_state(state: ChannelState, params: ChannelParams | None = None) -> ChannelState:
@@ -716,6 +863,8 @@ def _list(obj: dict[str, Any], key: str) -> list[Any]:
 
 def parse_decimal(raw: object, name: str) -> int:
     """Amounts travel as decimal strings: '-12', '0', '340'. Nothing else is accepted."""
+    if type(raw) is str and raw.isdigit() and raw.isascii() and len(raw) <= 80 and (raw[0] != "0" or len(raw) == 1):
+        return int(raw)  # the common case, in one test; the checks below say what is wrong
     if not isinstance(raw, str):
         raise ValidationError(f"{name} must be a decimal string, got {type(raw).__name__}")
     digits = raw[1:] if raw.startswith("-") else raw
@@ -741,7 +890,7 @@ def hex_field(obj: dict[str, Any], key: str, length: int) -> bytes:
     if not isinstance(raw, str) or not raw.startswith("0x") or len(raw) != 2 + 2 * length:
         raise ValidationError(f"{key} must be 0x-hex of {length} bytes")
     digits = raw[2:]
-    if not all(c in _HEX_DIGITS for c in digits):  # bytes.fromhex would skip whitespace
+    if not _HEX_DIGITS.issuperset(digits):  # bytes.fromhex would skip whitespace
         raise ValidationError(f"{key} is not hex")
     return bytes.fromhex(digits)
 

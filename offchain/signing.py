@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Protocol
 
 from coincurve import PrivateKey, PublicKey
 
@@ -26,7 +26,7 @@ from offchain.errors import (
     TwoPricesError,
     WrongSignerError,
 )
-from offchain.model import BatchPrice, ChannelState, check_signable, check_state
+from offchain.model import BatchPrice, ChannelState, check_signable, check_state, checksum_address
 from offchain.types import Address, ChannelId, Digest, Signature, Version
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -53,17 +53,6 @@ def address_of(public_key: bytes) -> Address:
 
 _ADDRESSES: dict[bytes, Address] = {}
 _ADDRESS_CACHE_SIZE = 4096
-
-
-def checksum_address(raw: bytes) -> Address:
-    """EIP-55 of a 20-byte address (eth_utils.to_checksum_address, without its generic input
-    handling; tests/unit/test_signing.py compares the two)."""
-    digits = raw.hex()
-    nibbles = keccak(digits.encode()).hex()
-    return cast(Address, "0x" + "".join(c.upper() if n in _HIGH else c for c, n in zip(digits, nibbles, strict=False)))
-
-
-_HIGH = frozenset("89abcdef")
 
 
 class LocalSigner:

@@ -214,8 +214,8 @@ class BrokerAgent:
             )
             book.history = self.store.batch_prices_between(self.address, market.id, 1, book.open_batch - 1)
             self.books[market.id] = book
-        for record in self.store.channels():
-            party = ChannelParty.load(self.store, self.state_signer, ChannelId(record.channel_id))
+        for channel_id in self.store.channel_ids():  # one at a time: 100k records at once cost memory
+            party = ChannelParty.load(self.store, self.state_signer, channel_id)
             self.parties[party.channel_id] = party
             if party.status == UNRESPONSIVE:
                 self.unresponsive.add(party.channel_id)

@@ -25,7 +25,7 @@ from offchain.crashpoints import crash_point
 from offchain.engine.channel import Channel, Transition, Transitioned, apply, expect, setup
 from offchain.engine.rules import RuleViolation
 from offchain.errors import SignatureError
-from offchain.model import ChannelParams, ChannelState
+from offchain.model import ChannelParams, ChannelState, shared_nonces
 from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
 from offchain.signing import CoSignedState, StateSigner, verify
@@ -53,6 +53,23 @@ raises ProtocolError. Runs after the message checks and before anything is store
 
 class ChannelParty:
     """What one side holds of a channel, and the only way it changes."""
+
+    # A broker holds one per open channel (MISSION.md, "Bars": < 2 KiB each). ``__dict__`` keeps
+    # attributes beyond these possible (tests replace a method on one party); no dict is made
+    # until one is set.
+    __slots__ = (
+        "__dict__",
+        "_saved",
+        "channel",
+        "co_signed",
+        "flow",
+        "pending",
+        "role",
+        "signer",
+        "status",
+        "store",
+        "turn",
+    )
 
     def __init__(
         self,
@@ -180,9 +197,17 @@ class ChannelParty:
                 raise ProtocolError(m.UNKNOWN_CHANNEL, "the store has no state of this channel")
             state = stored.state
             co_signed = _unsigned(state)
-        channel = Channel(record.params, state, frozenset(int(n) for n in meta.get("used_nonces", [])))
+        nonces = shared_nonces(frozenset(int(n) for n in meta.get("used_nonces", [])))
+        channel = Channel(record.params, state, nonces)
         party = cls(
-            store, signer, meta["role"], channel, meta["flow"], meta["turn"], co_signed, meta.get("status", "open")
+            store,
+            signer,
+            _name(meta["role"]),
+            channel,
+            _name(meta["flow"]),
+            _name(meta["turn"]),
+            co_signed,
+            _name(meta.get("status", "open")),
         )
         pending = store.pending(channel_id)
         if pending is not None:
@@ -433,6 +458,15 @@ def _verify(channel: Channel, state: ChannelState, signature: Signature, signer:
         verify(channel.domain.state_digest(state), signature, signer)
     except SignatureError as exc:
         raise ProtocolError(m.BAD_SIGNATURE, exc.reason) from exc
+
+
+_NAMES = {name: name for name in (TRADER, BROKER, SERVER_INITIATIVE, COOPERATIVE, OPEN, UNRESPONSIVE, DISPUTED, *ENDED)}
+
+
+def _name(value: Any) -> Any:
+    """The module's own string for a role, flow or status read from the store (one object for
+    all channels rather than a copy each)."""
+    return _NAMES.get(value, value) if type(value) is str else value
 
 
 def _sig(raw: bytes | None) -> Signature:

@@ -37,7 +37,7 @@ from offchain.model import (
     check_range,
     check_state,
 )
-from offchain.types import Address
+from offchain.types import Address, ChannelId
 
 # --------------------------------------------------------------------------- errors
 
@@ -152,6 +152,11 @@ class Store(Protocol):
 
     def channels(self) -> list[ChannelRecord]:
         """Every channel, in the order each was first stored."""
+        ...
+
+    def channel_ids(self) -> list[ChannelId]:
+        """The id of every channel, in the order each was first stored (a broker with many
+        channels loads them one at a time instead of holding every record at once)."""
         ...
 
     # -- states

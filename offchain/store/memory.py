@@ -36,6 +36,7 @@ from offchain.store.base import (
     normalise_broker,
     same_state,
 )
+from offchain.types import ChannelId
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -172,6 +173,10 @@ class MemoryStore:
         with self._read():
             entries = list(self._channels.items())
         return [ChannelRecord(channel_id, params, json.loads(meta)) for channel_id, (params, meta) in entries]
+
+    def channel_ids(self) -> list[ChannelId]:
+        with self._read():
+            return [ChannelId(channel_id) for channel_id in self._channels]
 
     # ------------------------------------------------------------------ states
 

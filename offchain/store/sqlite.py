@@ -355,6 +355,16 @@ class SQLiteStore:
             rows = conn.execute("SELECT channel_id, params, meta FROM channels ORDER BY seq").fetchall()
         return [self._channel_record(row) for row in rows]
 
+    def channel_ids(self) -> list[ChannelId]:
+        with self._db() as conn:
+            rows = conn.execute("SELECT channel_id FROM channels ORDER BY seq").fetchall()
+        found = []
+        for (channel_id,) in rows:
+            if not isinstance(channel_id, bytes) or len(channel_id) != 32:
+                raise self._corrupt("channels", repr(channel_id), "a channel id is not 32 bytes")
+            found.append(ChannelId(channel_id))
+        return found
+
     def _channel_record(self, row: tuple[Any, ...]) -> ChannelRecord:
         channel_id, params_text, meta_text = row
         key = _key(channel_id)

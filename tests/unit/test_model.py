@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from offchain.errors import BoundsError, ValidationError
 from offchain.model import (
+    _ADDRESSES,
+    _SHARED_CACHE_SIZE,
     EMPTY_OUTCOME,
     MAX_OPEN_ORDERS,
     Balances,
@@ -29,8 +31,11 @@ from offchain.model import (
     OpenOrder,
     Order,
     Outcome,
+    check_address,
     check_state,
+    checksum_address,
     initial_state,
+    shared_nonces,
 )
 from offchain.types import (
     Address,
@@ -861,3 +866,82 @@ def test_component_json_round_trip(cls: Any, obj: Any) -> None:
     data = obj.to_json()
     assert all(isinstance(leaf, str) for leaf in _leaves(data))
     assert cls.from_json(json.loads(json.dumps(data))) == obj
+
+
+# --------------------------------------------------------------------------- addresses and sharing
+# (MISSION.md, "Bars": a broker holds 100,000 channels; what repeats between them is held once)
+
+
+@given(n=st.integers(0, 2**160 - 1))
+@SETTINGS
+def test_checksum_address_matches_eth_utils(n: int) -> None:
+    raw = n.to_bytes(20, "big")
+    assert checksum_address(raw) == to_checksum_address(raw)
+
+
+@given(n=st.integers(0, 2**160 - 1), form=st.sampled_from(["checksummed", "lower", "upper", "flipped"]))
+@SETTINGS
+def test_check_address_agrees_with_eth_utils_every_time(n: int, form: str) -> None:
+    good = to_checksum_address(n.to_bytes(20, "big"))
+    value = {"checksummed": good, "lower": good.lower(), "upper": "0x" + good[2:].upper()}.get(form)
+    if value is None:
+        i = next((i for i, c in enumerate(good) if i >= 2 and c.isalpha()), None)
+        if i is None:
+            return  # no letter: no case to get wrong
+        value = good[:i] + good[i].swapcase() + good[i + 1 :]
+        if value[2:] in (value[2:].lower(), value[2:].upper()):
+            form = "checksummed"  # not mixed case: it carries no checksum and is accepted
+    for _ in range(2):  # the second time from what the first remembered
+        if form == "flipped":
+            with pytest.raises(ValidationError, match="EIP-55"):
+                check_address("a", value)
+        else:
+            assert check_address("a", value) == good
+
+
+def test_check_address_remembers_a_bounded_number() -> None:
+    for n in range(1, 2 * _SHARED_CACHE_SIZE):
+        check_address("a", addr(n).lower())
+    assert len(_ADDRESSES) <= _SHARED_CACHE_SIZE
+    assert check_address("a", addr(1).lower()) == addr(1)
+
+
+@given(p=channel_params())
+@SETTINGS
+def test_channel_id_matches_eth_abi_for_any_params(p: ChannelParams) -> None:
+    markets_abi = [m.as_abi() for m in p.markets]
+    expected_markets_hash = keccak(abi_encode(["(uint256,address,uint256,uint256,uint256)[]"], [markets_abi]))
+    assert p.header().markets_hash == expected_markets_hash
+    words = ["uint256", "address", "address", "address", "address", "uint256", "uint256", "uint256", "bytes32"]
+    values = [p.chain_id, p.adjudicator, p.trader, p.broker, p.token, p.challenge_duration, p.nonce]
+    assert p.channel_id == keccak(abi_encode(words, [*values, len(p.markets), expected_markets_hash]))
+
+
+def test_channels_read_from_json_share_what_repeats() -> None:
+    first = ChannelParams.from_json(json.loads(json.dumps(make_params(nonce=1).to_json())))
+    second = ChannelParams.from_json(json.loads(json.dumps(make_params(nonce=2).to_json())))
+    assert first.markets is second.markets
+    for name in ("chain_id", "adjudicator", "broker", "token", "challenge_duration"):
+        assert getattr(first, name) is getattr(second, name), name
+    assert first != second and first.channel_id != second.channel_id
+    assert second == make_params(nonce=2) and hash(second) == hash(make_params(nonce=2))
+
+    state = make_state(
+        channel_id=second.channel_id,
+        open_orders=(make_open_order(order=make_order(channel_id=second.channel_id)),),
+        outcomes=(EMPTY_OUTCOME, Outcome(SyntheticAmount(0), TokenAmount(0), BatchNumber(0))),
+    )
+    parsed = ChannelState.from_json(ChannelId(bytes(second.channel_id)), False, json.loads(json.dumps(state.to_json())))
+    assert parsed == state
+    assert parsed.channel_id is second.channel_id
+    assert parsed.open_orders[0].order.channel_id is parsed.channel_id
+    assert all(o is EMPTY_OUTCOME for o in parsed.outcomes)
+    traded = ChannelState.from_json(CHANNEL, False, make_state().to_json())
+    assert traded.outcomes == make_state().outcomes  # outcomes of traded markets are their own
+
+
+def test_shared_nonces() -> None:
+    assert shared_nonces(frozenset({1, 2})) is shared_nonces(frozenset([2, 1]))
+    assert shared_nonces(frozenset()) == frozenset()
+    many = frozenset(range(20))
+    assert shared_nonces(many) is many

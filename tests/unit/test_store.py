@@ -140,6 +140,7 @@ def test_channels_upsert_keeps_insertion_order(store: Store) -> None:
     store.put_channel(ChannelRecord(CID, PARAMS, {"n": 2}))
     store.put_channel(ChannelRecord(OTHER_PARAMS.channel_id, OTHER_PARAMS, {"n": 3}))
     assert [(r.channel_id, r.meta) for r in store.channels()] == [(OTHER_PARAMS.channel_id, {"n": 3}), (CID, {"n": 2})]
+    assert store.channel_ids() == [OTHER_PARAMS.channel_id, CID]  # the same order, ids only
     assert store.channel(b"\x00" * 32) is None
 
 
