@@ -32,11 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coincurve import PrivateKey, PublicKey
+from common import raw_cosigned_updates
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from offchain.eip712 import Domain, keccak
+from offchain.eip712 import Domain
 from offchain.engine.channel import AccountDeposits
 from offchain.model import ChannelParams, Market
 from offchain.protocol.party import BROKER, COOPERATIVE, TRADER, ChannelParty
@@ -56,14 +56,7 @@ FEED = Address("0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0")
 
 def raw_updates(n: int) -> None:
     """The bound: 2 digests, 2 signatures, 2 recoveries per update, nothing else."""
-    keys = (PrivateKey(TRADER_KEY), PrivateKey(BROKER_KEY))
-    prefix = b"\x19\x01" + keccak(b"domain separator")
-    for i in range(n):
-        message = prefix + i.to_bytes(32, "big")
-        for key in keys:
-            digest = keccak(message)
-            signature = key.sign_recoverable(digest, hasher=None)
-            PublicKey.from_signature_and_message(signature, digest, hasher=None)
+    raw_cosigned_updates(n)
 
 
 def channel_pair() -> tuple[ChannelParty, ChannelParty]:

@@ -14,33 +14,12 @@ contracts/ChannelHashing.sol must match them (a test checks the type hashes on-c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from offchain.model import BatchPrice, ChallengeAuthorization, ChannelState, OpenOrder, Order, Outcome
+from offchain.model import keccak as keccak  # re-exported: the fastest keccak-256 installed
 from offchain.types import Address, Digest
-
-
-def _fast_keccak() -> Callable[[bytes], bytes]:
-    """keccak-256 from the fastest backend installed: pysha3's C type (safe-pysha3 wheel) costs
-    under 1 us for a 66-byte message, pycryptodome through eth-hash about 6 us. Both give the
-    same bytes (tests/unit/test_eip712.py compares them)."""
-    try:
-        from _pysha3 import keccak_256  # safe-pysha3, without sha3.py patching hashlib
-    except ImportError:  # pragma: no cover - depends on what is installed
-        from eth_hash.auto import keccak as slow
-
-        return slow
-
-    def keccak(data: bytes) -> bytes:
-        return keccak_256(data).digest()  # type: ignore[no-any-return]
-
-    return keccak
-
-
-keccak: Callable[[bytes], bytes] = _fast_keccak()
-"""keccak-256 of ``data`` (the hash of every EIP-712 struct, and of public keys into addresses)."""
 
 DOMAIN_NAME = "TradingChannels"
 DOMAIN_VERSION = "1"
