@@ -104,7 +104,8 @@ class BrokerConfig:
     markets: tuple[Market, ...] = ()
     reference_prices: dict[int, int] = field(default_factory=dict)  # before a market's first batch
     dispute_after: float | None = DEFAULT_DISPUTE_AFTER
-    """Seconds a trader may stay unresponsive before the broker challenges its channel (None: never)."""
+    """Seconds a trader may stay unresponsive before the broker challenges its channel (None:
+    never; challenges of its channels by others are answered all the same)."""
     dispute_poll_seconds: float = 1.0
 
 
@@ -184,16 +185,15 @@ class BrokerAgent:
         self._group_scheduled = False
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self.fallback: DisputeFallback | None = None
-        if config.dispute_after is not None:
-            self.fallback = DisputeFallback(
-                signer,
-                chain,
-                adjudicator,
-                config.dispute_after,
-                poll_seconds=config.dispute_poll_seconds,
-                report=self._event,
-            )
+        self.fallback = DisputeFallback(
+            signer,
+            chain,
+            adjudicator,
+            config.dispute_after,
+            poll_seconds=config.dispute_poll_seconds,
+            report=self._event,
+        )
+        self.fallback.follow(store, self.parties.get)
         self._load()
 
     @property
@@ -219,15 +219,13 @@ class BrokerAgent:
             self.parties[party.channel_id] = party
             if party.status == UNRESPONSIVE:
                 self.unresponsive.add(party.channel_id)
-            if self.fallback is not None:
-                self.fallback.resume(party)
+            self.fallback.resume(party)
 
     async def start(self) -> None:
         await on_chain(self.chain, self._approve)
         self._server = await serve(self._serve, self.config.host, self.config.port, max_size=m.MAX_MESSAGE_BYTES)
         self._tasks.append(asyncio.create_task(self._batch_loop()))
-        if self.fallback is not None:
-            self._tasks.append(asyncio.create_task(self.fallback.run()))
+        self._tasks.append(asyncio.create_task(self.fallback.run()))
         for party in self.parties.values():
             self._maybe_deposit(party)
         log.info("broker %s listening on ws://%s:%d", self.address, self.config.host, self.port)
@@ -532,8 +530,7 @@ class BrokerAgent:
         if party.channel_id in self.unresponsive and party.pending is None and party.status == UNRESPONSIVE:
             self.unresponsive.discard(party.channel_id)
             party.set_status(OPEN)
-            if self.fallback is not None:
-                self.fallback.responsive(party)
+            self.fallback.responsive(party)
             self._event("responsive", f"0x{party.channel_id.hex()}")
 
     # ------------------------------------------------------------------ proposals of the trader
@@ -717,8 +714,7 @@ class BrokerAgent:
         if party.status == OPEN:
             party.set_status(UNRESPONSIVE)
         self._event("unresponsive", f"0x{party.channel_id.hex()}: trader {party.params.trader} {why}")
-        if self.fallback is not None:
-            self.fallback.unresponsive(party)
+        self.fallback.unresponsive(party)
         if reconnect:
             for ws in list(self.connections.get(party.params.trader, ())):
                 self._spawn(ws.close(code=1011, reason="late answer: reconnect and resume"))

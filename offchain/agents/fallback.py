@@ -10,6 +10,12 @@ evidence of crossed orders, concludes after the deadline and withdraws what the 
 pay. The party's status goes ``unresponsive`` -> ``disputed`` -> ``concluded`` in its store, so a
 restarted agent carries on where it stopped.
 
+The same watchtower answers for the agent when the counterparty (or anyone) challenges one of its
+channels: with :meth:`DisputeFallback.follow`, every ``Challenged`` and ``ChallengedWithoutState``
+log of the adjudicator is read (from a cursor kept in the agent's store), and a channel of ours
+challenged by someone else is handed over like one of ours: a staler registration is refuted with
+our newest co-signed state, evidence is submitted, and the dispute is concluded.
+
 :class:`UnresponsiveDeadlines` is the pure part (which channels are due at a given time);
 :class:`DisputeFallback` does the chain work.
 """
@@ -28,19 +34,26 @@ from offchain.chain import errors as ce
 from offchain.chain.client import AdjudicatorClient, Stage
 from offchain.chain.connection import Chain, Transactor
 from offchain.errors import TradingChannelsError
-from offchain.protocol.party import CONCLUDED, DISPUTED, UNRESPONSIVE, ChannelParty
+from offchain.protocol.party import CONCLUDED, DISPUTED, ENDED, UNRESPONSIVE, ChannelParty
 from offchain.signing import LocalSigner
-from offchain.store import MemoryStore
+from offchain.store import MemoryStore, Store
 from offchain.types import Address, ChannelId
 
 MAX_BATCH = 2**63 - 1  # the largest batch a store can hold (SQLite INTEGER)
 
 
+CURSOR = ("fallback", "challenges")
+"""Store meta (namespace, key): the last block whose challenge logs were read."""
+BLOCK_RANGE = 2_000
+"""Blocks of challenge logs read per step."""
+
+
 @dataclass
 class UnresponsiveDeadlines:
-    """When each unresponsive channel became so, and which are due for a dispute (pure)."""
+    """When each unresponsive channel became so, and which are due for a dispute (pure).
+    ``dispute_after`` None: never (the agent only answers challenges)."""
 
-    dispute_after: float
+    dispute_after: float | None
     since: dict[ChannelId, float] = field(default_factory=dict)
 
     def unresponsive(self, channel_id: ChannelId, now: float) -> None:
@@ -52,7 +65,10 @@ class UnresponsiveDeadlines:
 
     def due(self, now: float) -> list[ChannelId]:
         """The channels unresponsive for at least ``dispute_after`` seconds at ``now``, oldest first."""
-        ready = [(t, cid) for cid, t in self.since.items() if now - t >= self.dispute_after]
+        after = self.dispute_after
+        if after is None:
+            return []
+        ready = [(t, cid) for cid, t in self.since.items() if now - t >= after]
         return [cid for _, cid in sorted(ready)]
 
 
@@ -64,7 +80,7 @@ class DisputeFallback:
         signer: LocalSigner,
         chain: Chain,
         adjudicator: Address,
-        dispute_after: float = DEFAULT_DISPUTE_AFTER,
+        dispute_after: float | None = DEFAULT_DISPUTE_AFTER,
         *,
         poll_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -83,6 +99,10 @@ class DisputeFallback:
         self.parties: dict[ChannelId, ChannelParty] = {}  # unresponsive or in our dispute
         self.guarding: set[ChannelId] = set()  # handed to the in-process watchtower
         self.stateless: set[ChannelId] = set()  # challenged without a co-signed state
+        self.address = signer.address
+        self._followed: tuple[Store, Callable[[ChannelId], ChannelParty | None]] | None = None
+        self._cursor: int | None = None
+        self._saved_cursor: int | None = None
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ what the agent reports
@@ -107,6 +127,15 @@ class DisputeFallback:
         elif party.status == DISPUTED:
             self.parties[party.channel_id] = party
             self._hand_over(party)
+
+    def follow(self, store: Store, holds: Callable[[ChannelId], ChannelParty | None]) -> None:
+        """Also answer challenges of our channels (``holds`` gives our party of a channel id, or
+        None) registered by someone else, following the logs from the cursor in ``store`` (the
+        first time: from the current block on)."""
+        saved = store.meta(*CURSOR)
+        self._cursor = int(saved["block"]) if isinstance(saved, dict) and "block" in saved else None
+        self._saved_cursor = self._cursor
+        self._followed = (store, holds)
 
     # ------------------------------------------------------------------ the work
 
@@ -136,17 +165,49 @@ class DisputeFallback:
                 self.deadlines.responsive(channel_id)
                 continue
             await on_chain(self.chain, self._challenge, party)
+            self._disputed(party)
+        if self._followed is not None:
+            store, holds = self._followed
+            for channel_id in await on_chain(self.chain, self._challenged_by_others):
+                party = holds(channel_id)
+                if party is None or party.status in ENDED or channel_id in self.guarding | self.stateless:
+                    continue
+                self.report("challenged_by_counterparty", f"0x{channel_id.hex()}: answering with our newest state")
+                self._disputed(party)
+            if self._cursor is not None and self._cursor != self._saved_cursor:
+                store.put_meta(*CURSOR, {"block": str(self._cursor)})
+                self._saved_cursor = self._cursor
         for party in list(self.parties.values()):  # e.g. the hand-over failed last time
             if party.status == DISPUTED and party.channel_id not in self.guarding | self.stateless:
                 self._hand_over(party)
         if self.stateless:
-            await on_chain(self.chain, self._conclude_stateless)
+            for channel_id in await on_chain(self.chain, self._conclude_stateless):
+                self.stateless.discard(channel_id)
+                party = self.parties.pop(channel_id)
+                party.set_status(CONCLUDED)
         if self.tower.guarded():
             await self.tower.run_once()
         self._relay_events()
         self._mark_concluded()
 
+    def _challenged_by_others(self) -> list[ChannelId]:
+        """The channels challenged by someone else in the next range of blocks (blocking)."""
+        latest = int(self.chain.w3.eth.block_number)
+        if self._cursor is None:
+            self._cursor = latest
+        first, last = self._cursor + 1, min(latest, self._cursor + BLOCK_RANGE)
+        if first > last:
+            return []
+        found: list[ChannelId] = []
+        for event in ("Challenged", "ChallengedWithoutState"):
+            for entry in self.adjudicator.logs(event, first, last):
+                if entry["args"]["challenger"] != self.address:  # ours are handed over as made
+                    found.append(ChannelId(bytes(entry["args"]["channelId"])))
+        self._cursor = last
+        return list(dict.fromkeys(found))
+
     def _challenge(self, party: ChannelParty) -> None:
+        """Challenge ``party``'s channel unless a dispute already runs (blocking)."""
         cid = party.channel_id
         status = self.adjudicator.status(cid)
         if status.stage == Stage.OPEN:
@@ -162,8 +223,13 @@ class DisputeFallback:
             else:
                 del receipt
                 self.report("challenged", f"0x{cid.hex()} with {what}: the counterparty stayed unresponsive")
-        self.deadlines.responsive(cid)
-        party.set_status(DISPUTED)
+
+    def _disputed(self, party: ChannelParty) -> None:
+        """The channel is in a dispute: sign nothing more in it, and see the dispute through."""
+        self.deadlines.responsive(party.channel_id)
+        self.parties[party.channel_id] = party
+        if party.status != DISPUTED:
+            party.set_status(DISPUTED)
         self._hand_over(party)
 
     def _hand_over(self, party: ChannelParty) -> None:
@@ -184,8 +250,10 @@ class DisputeFallback:
     def _co_signed(party: ChannelParty) -> bool:
         return bool(party.co_signed.trader_signature and party.co_signed.broker_signature)
 
-    def _conclude_stateless(self) -> None:
-        """A dispute registered without a state pays out the deposits after the deadline."""
+    def _conclude_stateless(self) -> list[ChannelId]:
+        """A dispute registered without a state pays out the deposits after the deadline; returns
+        the channels concluded (blocking)."""
+        concluded = []
         for cid in list(self.stateless):
             party = self.parties[cid]
             status = self.adjudicator.status(cid)
@@ -198,9 +266,8 @@ class DisputeFallback:
                     pass
                 self.report("concluded", f"0x{cid.hex()}: deposits paid out")
             if self.adjudicator.status(cid).stage == Stage.CONCLUDED:
-                self.stateless.discard(cid)
-                party.set_status(CONCLUDED)
-                self.parties.pop(cid, None)
+                concluded.append(cid)
+        return concluded
 
     def _relay_events(self) -> None:
         drained = list(self.tower.events)  # the tower's cycle has returned: nothing appends now

@@ -153,18 +153,17 @@ class TraderAgent:
         for record in store.channels():
             self.party = ChannelParty.load(store, self.state_signer, record.channel_id)
         self._load_marks()
-        self.fallback: DisputeFallback | None = None
-        if dispute_after is not None:
-            self.fallback = DisputeFallback(
-                signer,
-                chain,
-                adjudicator,
-                dispute_after,
-                poll_seconds=dispute_poll_seconds,
-                report=lambda kind, detail: self.events.append((kind, detail)),
-            )
-            if self.party is not None:
-                self.fallback.resume(self.party)
+        self.fallback = DisputeFallback(
+            signer,
+            chain,
+            adjudicator,
+            dispute_after,
+            poll_seconds=dispute_poll_seconds,
+            report=lambda kind, detail: self.events.append((kind, detail)),
+        )
+        self.fallback.follow(store, lambda cid: self.party if self.party and self.party.channel_id == cid else None)
+        if self.party is not None:
+            self.fallback.resume(self.party)
 
     @property
     def address(self) -> Address:
@@ -177,8 +176,7 @@ class TraderAgent:
         self._after_change()  # a state restored from the store may already be a proof
         self._run_task = asyncio.create_task(self._run())
         self._spawn(self._watch_slashing())
-        if self.fallback is not None:
-            self._spawn(self.fallback.run())
+        self._spawn(self.fallback.run())
         await self._wait(lambda: self.welcome is not None and self.ws is not None, "the broker's welcome")
 
     async def stop(self) -> None:
@@ -868,16 +866,14 @@ class TraderAgent:
             return
         if party.status == OPEN:
             party.set_status(UNRESPONSIVE)
-        if self.fallback is not None:
-            self.fallback.unresponsive(party)
+        self.fallback.unresponsive(party)
 
     def _broker_answered(self) -> None:
         """A countersignature or a proposal we accepted: the broker is back."""
         party = self.party
         if party is not None and party.status == UNRESPONSIVE and party.pending is None:
             party.set_status(OPEN)
-            if self.fallback is not None:
-                self.fallback.responsive(party)
+            self.fallback.responsive(party)
             self.events.append(("responsive", "the broker answers again"))
 
     async def _propose(self, kind: str, transition: Any) -> None:

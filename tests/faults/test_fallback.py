@@ -13,7 +13,8 @@ from offchain.agents.trader import AgentTimeout
 from offchain.chain.client import RegistrationKind, Stage
 from offchain.protocol.party import ChannelParty
 from offchain.settlement import Evidence, OraclePrice, payouts
-from offchain.types import ChannelId
+from offchain.signing import CoSignedState
+from offchain.types import ChannelId, Signature
 from tests.faults.conftest import UP, FaultNet, Proxy, Rule, kinds, settled, trader_via
 from tests.faults.test_transport import place
 from tests.protocol.conftest import GOLD, USD, eventually, run
@@ -192,5 +193,46 @@ def test_an_agent_killed_after_its_challenge_landed_carries_on_after_the_restart
             net.chain, net.sb.adjudicator.logs, "Challenged", first_block, int(net.chain.w3.eth.block_number)
         )
         assert [bytes(c["args"]["channelId"]) for c in challenges].count(party.channel_id) == 1
+
+    run(body(), timeout=60)
+
+
+@pytest.mark.parametrize("who", ["broker", "trader"])
+def test_an_agent_answers_a_stale_challenge_of_its_channel_by_itself(net: FaultNet, who: str) -> None:
+    """The counterparty challenges with an old co-signed state while the agent is running (no
+    watchtower of its own): the agent reads the Challenged log, refutes with its newest state,
+    signs nothing more in the channel, and concludes after the deadline with the newest state's
+    payouts."""
+
+    async def body() -> None:
+        broker = await net.broker(dispute_poll_seconds=0.05)
+        trader = await net.trader(broker, CO, timeout=3)
+        try:
+            await place(trader, 1_000)
+            await place(trader, 1_001)
+            await settled(broker, trader)
+            tp, bp = trader.party, broker.parties[trader.channel_id]
+            assert tp is not None
+            old = tp.store.state(tp.channel_id, 1)  # the deposits only, before both orders
+            assert old is not None and old.trader_signature and old.broker_signature
+            stale = CoSignedState(old.state, Signature(old.trader_signature), Signature(old.broker_signature))
+            newest = tp.co_signed
+            challenger, answerer = (trader, bp) if who == "broker" else (broker, tp)
+            if who == "trader":  # the trader answers: stop the broker's own answer first
+                await broker.stop()
+            await on_chain(net.chain, net.sb.adjudicator.challenge, challenger.transactor, tp.params, stale)
+            agent = broker if who == "broker" else trader
+            await eventually(lambda: "dispute_refuted" in kinds(agent), "the refute", 5)
+            assert "challenged_by_counterparty" in kinds(agent) and answerer.status == "disputed"
+            status = await net.party_status(trader)
+            assert status.registered_version == newest.state.version
+            await on_chain(net.chain, net.chain.increase_time, tp.params.challenge_duration + 1)
+            before = await net.balance(trader.address)
+            await eventually(lambda: answerer.status == "concluded", "the conclusion", 10)
+            expected = payouts(tp.params, newest.state, status.trader_deposit, status.broker_deposit, {}, 6)
+            assert await net.balance(trader.address) - before == expected.to_trader
+        finally:
+            await trader.stop()
+            await broker.stop()
 
     run(body(), timeout=60)
