@@ -111,19 +111,25 @@ def make_broker(path: Path, n: int, first: int) -> InProcessBroker:
     return broker
 
 
-def open_channel(broker: BrokerAgent, i: int, now: Timestamp) -> tuple[ChannelParty, ChannelParty]:
-    """Channel ``i`` at version 2: deposits, and one order of one unit crossing the book."""
+def params_of(i: int, broker: Address) -> tuple[ChannelParams, LocalSigner]:
+    """The parameters of channel ``i`` (trader ``i``'s key) with ``broker``, and the trader."""
     trader = LocalSigner(trader_key(i))
     params = ChannelParams(
         chain_id=CHAIN_ID,
         adjudicator=Address(ADJUDICATOR),
         trader=trader.address,
-        broker=broker.address,
+        broker=broker,
         token=Address(TOKEN),
         challenge_duration=3600,
         nonce=i,
         markets=(MARKET,),
     )
+    return params, trader
+
+
+def open_channel(broker: BrokerAgent, i: int, now: Timestamp) -> tuple[ChannelParty, ChannelParty]:
+    """Channel ``i`` at version 2: deposits, and one order of one unit crossing the book."""
+    params, trader = params_of(i, broker.address)
     is_buy = i % 2 == 0
     limit = REFERENCE_PRICE + 1_000 if is_buy else REFERENCE_PRICE - 1_000
     order = Order(

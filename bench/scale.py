@@ -45,7 +45,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from batch_settle import MARKET, InProcessBroker, done_deposits, open_channel
+from batch_settle import MARKET, InProcessBroker, done_deposits, open_channel, params_of
 from common import (
     ADJUDICATOR,
     BROKER_DEPOSIT,
@@ -68,7 +68,7 @@ from web3 import Web3
 from offchain.agents.broker import BrokerConfig
 from offchain.chain.connection import Chain
 from offchain.engine.channel import AccountDeposits, Channel, CreateOrder, apply, setup
-from offchain.model import ChannelParams, ChannelState, Order
+from offchain.model import ChannelState, Order
 from offchain.protocol.party import BROKER, SERVER_INITIATIVE, TRADER, ChannelParty
 from offchain.signing import LocalSigner, StateSigner
 from offchain.store import ChannelRecord, MemoryStore
@@ -89,21 +89,6 @@ BAR_BYTES = 2048
 DEFAULT_LEVELS = "1000,10000,100000"
 RESTING_BUY, RESTING_SELL = 20_000, 40_000
 FIRST_SCALE_CHANNEL = 1_000_000  # channel numbers of the scale channels (the crossing ones start at 0)
-
-
-def params_of(i: int, broker: Address) -> tuple[ChannelParams, LocalSigner]:
-    trader = LocalSigner(trader_key(i))
-    params = ChannelParams(
-        chain_id=CHAIN_ID,
-        adjudicator=Address(ADJUDICATOR),
-        trader=trader.address,
-        broker=broker,
-        token=Address(TOKEN),
-        challenge_duration=3600,
-        nonce=i,
-        markets=(MARKET,),
-    )
-    return params, trader
 
 
 def resting_state(i: int, broker: Address, now: Timestamp) -> Channel:
