@@ -94,7 +94,11 @@ class DisputeFallback:
         self.clock = clock
         self.report = report or (lambda kind, detail: None)
         # The in-process watchtower keeps only what it is handed (a restart hands it again).
-        config = WatchtowerConfig(poll_seconds=poll_seconds, sweep_seconds=max(poll_seconds, 5.0))
+        config = WatchtowerConfig(
+            poll_seconds=poll_seconds,
+            sweep_seconds=max(poll_seconds, 5.0),
+            max_channels=2**62,  # a public watchtower's bound against abuse; these are all our own
+        )
         self.tower = Watchtower(signer, MemoryStore(), chain, adjudicator, config)
         self.parties: dict[ChannelId, ChannelParty] = {}  # unresponsive or in our dispute
         self.guarding: set[ChannelId] = set()  # handed to the in-process watchtower
@@ -125,8 +129,7 @@ class DisputeFallback:
         if party.status == UNRESPONSIVE:
             self.unresponsive(party)
         elif party.status == DISPUTED:
-            self.parties[party.channel_id] = party
-            self._hand_over(party)
+            self.parties[party.channel_id] = party  # handed over on the next step
 
     def follow(self, store: Store, holds: Callable[[ChannelId], ChannelParty | None]) -> None:
         """Also answer challenges of our channels (``holds`` gives our party of a channel id, or
@@ -179,7 +182,7 @@ class DisputeFallback:
                 self._saved_cursor = self._cursor
         for party in list(self.parties.values()):  # e.g. the hand-over failed last time
             if party.status == DISPUTED and party.channel_id not in self.guarding | self.stateless:
-                self._hand_over(party)
+                self._disputed(party)
         if self.stateless:
             for channel_id in await on_chain(self.chain, self._conclude_stateless):
                 self.stateless.discard(channel_id)
@@ -225,12 +228,17 @@ class DisputeFallback:
                 self.report("challenged", f"0x{cid.hex()} with {what}: the counterparty stayed unresponsive")
 
     def _disputed(self, party: ChannelParty) -> None:
-        """The channel is in a dispute: sign nothing more in it, and see the dispute through."""
+        """The channel is in a dispute: sign nothing more in it, and see the dispute through (a
+        hand-over that fails is reported and tried again on the next step, without holding up
+        the other channels)."""
         self.deadlines.responsive(party.channel_id)
         self.parties[party.channel_id] = party
         if party.status != DISPUTED:
             party.set_status(DISPUTED)
-        self._hand_over(party)
+        try:
+            self._hand_over(party)
+        except TradingChannelsError as exc:
+            self.report("dispute_retry", f"0x{party.channel_id.hex()}: {exc.code}: {exc.reason}")
 
     def _hand_over(self, party: ChannelParty) -> None:
         """Give the in-process watchtower the channel's newest co-signed state and, for its open

@@ -14,6 +14,7 @@ from offchain.chain.client import RegistrationKind, Stage
 from offchain.protocol.party import ChannelParty
 from offchain.settlement import Evidence, OraclePrice, payouts
 from offchain.signing import CoSignedState
+from offchain.store import StoreError
 from offchain.types import ChannelId, Signature
 from tests.faults.conftest import UP, FaultNet, Proxy, Rule, kinds, settled, trader_via
 from tests.faults.test_transport import place
@@ -234,5 +235,54 @@ def test_an_agent_answers_a_stale_challenge_of_its_channel_by_itself(net: FaultN
         finally:
             await trader.stop()
             await broker.stop()
+
+    run(body(), timeout=60)
+
+
+def test_a_channel_the_watchtower_refuses_does_not_hold_up_the_others(net: FaultNet) -> None:
+    """Two channels in dispute; the first hand-over fails (as a full watchtower store would): it
+    is reported and tried again on the next step, and the other channel is handed over at once."""
+
+    async def body() -> None:
+        broker = await net.broker(dispute_after=None)
+        a = await net.trader(broker, CO, timeout=3)
+        b = await net.trader(broker, CO, timeout=3)
+        try:
+            for t in (a, b):
+                await place(t, 1_000)
+                await settled(broker, t)
+        finally:
+            for t in (a, b):
+                await t.stop()
+            await broker.stop()
+        events: list[tuple[str, str]] = []
+        fallback = DisputeFallback(
+            broker.signer,
+            net.chain,
+            net.sb.adjudicator.address,
+            dispute_after=0,
+            report=lambda kind, detail: events.append((kind, detail)),
+        )
+        pa, pb = broker.parties[a.channel_id], broker.parties[b.channel_id]
+        guard = fallback.tower.guard
+        refused: list[ChannelId] = []
+
+        def flaky_guard(params, signed):  # type: ignore[no-untyped-def]
+            if params.channel_id == pa.channel_id and len(refused) < 2:  # this step's two tries
+                refused.append(params.channel_id)
+                raise StoreError("the watchtower's store is full")
+            return guard(params, signed)
+
+        fallback.tower.guard = flaky_guard  # type: ignore[method-assign]
+        for party in (pa, pb):
+            party.set_status("unresponsive")
+            fallback.unresponsive(party)
+        await fallback.step()
+        assert refused == [pa.channel_id, pa.channel_id]
+        assert pb.channel_id in fallback.guarding and pa.channel_id not in fallback.guarding
+        assert any(k == "dispute_retry" and pa.channel_id.hex() in d for k, d in events)
+        await fallback.step()
+        assert {pa.channel_id, pb.channel_id} <= fallback.guarding
+        assert pa.status == pb.status == "disputed"
 
     run(body(), timeout=60)
