@@ -97,6 +97,8 @@ def test_a_negative_dispute_after_is_refused_before_the_node_is_asked(command: l
         command = [*command, str(script)]
     run = tchan(*command, "--rpc", "http://127.0.0.1:9", "--dispute-after", "-1")
     one_line_error(run, "tchan: invalid_input: --dispute-after must not be negative")
+    run = tchan(*command, "--rpc", "http://127.0.0.1:9", "--chain-poll-seconds", "0")
+    one_line_error(run, "tchan: invalid_input: --chain-poll-seconds must be positive")
 
 
 def test_rpc_must_be_an_http_url() -> None:

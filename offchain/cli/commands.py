@@ -199,6 +199,7 @@ def broker_command(args: argparse.Namespace, broker_class: type[BrokerAgent] | N
         fee_bps=args.fee_bps,
         ack_timeout=args.ack_timeout,
         dispute_after=dispute,
+        dispute_poll_seconds=args.chain_poll_seconds,
         channel_deposit=args.channel_deposit,
         markets=tuple(markets),
         reference_prices=references,
@@ -231,11 +232,20 @@ def add_dispute_after_arg(p: argparse.ArgumentParser, counterparty: str) -> None
         help=f"challenge a channel on-chain once the {counterparty} has stayed unresponsive this long, "
         f"after reconnecting did not help; 0 never (default: {DEFAULT_DISPUTE_AFTER:g})",
     )
+    p.add_argument(
+        "--chain-poll-seconds",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often to read the chain for challenges of our channels and drive our disputes (default: 1)",
+    )
 
 
 def dispute_after(args: argparse.Namespace) -> float | None:
     if args.dispute_after < 0:
         raise ValidationError("--dispute-after must not be negative")
+    if not args.chain_poll_seconds > 0:
+        raise ValidationError("--chain-poll-seconds must be positive")
     return args.dispute_after or None
 
 
@@ -271,6 +281,7 @@ async def running_trader(args: argparse.Namespace, out: Output) -> AsyncIterator
         timeout=args.timeout,
         watchtower=watchtower,
         dispute_after=dispute,
+        dispute_poll_seconds=args.chain_poll_seconds,
     )
     try:
         if watchtower is not None:
