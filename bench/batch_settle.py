@@ -58,7 +58,7 @@ from web3 import Web3
 
 from offchain.agents.broker import BrokerAgent, BrokerConfig
 from offchain.chain.connection import Chain
-from offchain.engine.channel import AccountDeposits, CreateOrder, apply, setup
+from offchain.engine.channel import AccountDeposits, Channel, CreateOrder, apply, setup
 from offchain.model import BatchPrice, ChannelParams, Market, Order
 from offchain.protocol import messages as m
 from offchain.protocol.party import BROKER, SERVER_INITIATIVE, TRADER, ChannelParty
@@ -127,19 +127,20 @@ def params_of(i: int, broker: Address) -> tuple[ChannelParams, LocalSigner]:
     return params, trader
 
 
-def open_channel(broker: BrokerAgent, i: int, now: Timestamp) -> tuple[ChannelParty, ChannelParty]:
-    """Channel ``i`` at version 2: deposits, and one order of one unit crossing the book."""
-    params, trader = params_of(i, broker.address)
-    is_buy = i % 2 == 0
-    limit = REFERENCE_PRICE + 1_000 if is_buy else REFERENCE_PRICE - 1_000
+def channel_with_order(
+    i: int, broker: Address, is_buy: bool, synthetic: int, collateral: int, now: Timestamp
+) -> tuple[Channel, LocalSigner]:
+    """Channel ``i`` at version 2 by the real engine: the deposits, then one order (nonce 1) of
+    ``synthetic`` units for ``collateral``; and its trader."""
+    params, trader = params_of(i, broker)
     order = Order(
         channel_id=params.channel_id,
         trader=trader.address,
         collateral=Address(TOKEN),
         market=MarketId(MARKET_ID),
         is_buy=is_buy,
-        amount_synthetic=SyntheticAmount(ORDER_SIZE),
-        amount_collateral=TokenAmount(limit * ORDER_SIZE // MARKET_RESOLUTION),
+        amount_synthetic=SyntheticAmount(synthetic),
+        amount_collateral=TokenAmount(collateral),
         max_fee=TokenAmount(1_000),
         nonce=Nonce(1),
         expiration=ExpirationHours(now // 3600 + 24),
@@ -147,7 +148,16 @@ def open_channel(broker: BrokerAgent, i: int, now: Timestamp) -> tuple[ChannelPa
     channel = setup(params)
     channel = apply(channel, AccountDeposits(TokenAmount(TRADER_DEPOSIT), TokenAmount(BROKER_DEPOSIT))).channel
     signature = trader.sign(channel.domain, order)
-    channel = apply(channel, CreateOrder(order, signature, BatchNumber(1), now, {})).channel
+    return apply(channel, CreateOrder(order, signature, BatchNumber(1), now, {})).channel, trader
+
+
+def open_channel(broker: BrokerAgent, i: int, now: Timestamp) -> tuple[ChannelParty, ChannelParty]:
+    """Channel ``i`` at version 2: deposits, and one order of one unit crossing the book."""
+    is_buy = i % 2 == 0
+    limit = REFERENCE_PRICE + 1_000 if is_buy else REFERENCE_PRICE - 1_000
+    channel, trader = channel_with_order(
+        i, broker.address, is_buy, ORDER_SIZE, limit * ORDER_SIZE // MARKET_RESOLUTION, now
+    )
     trader_store = MemoryStore()
     trader_signer = StateSigner(trader, channel.domain, log=trader_store)
     trader_signature = trader_signer.sign_state(channel.state)

@@ -45,17 +45,15 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from batch_settle import MARKET, InProcessBroker, done_deposits, open_channel, params_of
+from batch_settle import MARKET, InProcessBroker, channel_with_order, done_deposits, open_channel, params_of
 from common import (
     ADJUDICATOR,
-    BROKER_DEPOSIT,
     BROKER_KEY,
     CHAIN_ID,
     MARKET_ID,
     MARKET_RESOLUTION,
     REFERENCE_PRICE,
     TOKEN,
-    TRADER_DEPOSIT,
     bar,
     print_bars,
     results_dir,
@@ -67,20 +65,15 @@ from web3 import Web3
 
 from offchain.agents.broker import BrokerConfig
 from offchain.chain.connection import Chain
-from offchain.engine.channel import AccountDeposits, Channel, CreateOrder, apply, setup
-from offchain.model import ChannelState, Order
+from offchain.engine.channel import AccountDeposits, Channel
+from offchain.model import ChannelState
 from offchain.protocol.party import BROKER, SERVER_INITIATIVE, TRADER, ChannelParty
 from offchain.signing import LocalSigner, StateSigner
 from offchain.store import ChannelRecord, MemoryStore
 from offchain.store.sqlite import SQLiteStore
 from offchain.types import (
     Address,
-    BatchNumber,
-    ExpirationHours,
-    MarketId,
-    Nonce,
     Signature,
-    SyntheticAmount,
     Timestamp,
     TokenAmount,
 )
@@ -93,25 +86,8 @@ FIRST_SCALE_CHANNEL = 1_000_000  # channel numbers of the scale channels (the cr
 
 def resting_state(i: int, broker: Address, now: Timestamp) -> Channel:
     """Channel ``i`` at version 2 with one resting order, by the real engine."""
-    params, trader = params_of(i, broker)
     is_buy = i % 2 == 0
-    limit = RESTING_BUY if is_buy else RESTING_SELL
-    order = Order(
-        channel_id=params.channel_id,
-        trader=trader.address,
-        collateral=Address(TOKEN),
-        market=MarketId(MARKET_ID),
-        is_buy=is_buy,
-        amount_synthetic=SyntheticAmount(MARKET_RESOLUTION),
-        amount_collateral=TokenAmount(limit),
-        max_fee=TokenAmount(1_000),
-        nonce=Nonce(1),
-        expiration=ExpirationHours(now // 3600 + 24),
-    )
-    channel = setup(params)
-    channel = apply(channel, AccountDeposits(TokenAmount(TRADER_DEPOSIT), TokenAmount(BROKER_DEPOSIT))).channel
-    signature = trader.sign(channel.domain, order)
-    return apply(channel, CreateOrder(order, signature, BatchNumber(1), now, {})).channel
+    return channel_with_order(i, broker, is_buy, MARKET_RESOLUTION, RESTING_BUY if is_buy else RESTING_SELL, now)[0]
 
 
 def add_scale_channels(
