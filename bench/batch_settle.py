@@ -13,7 +13,8 @@ out.
 
 Every channel holds one order crossing the book (half buys, half sells), so every channel gets a
 Trade. Set-up (not timed): each channel is opened at version 2 (deposits and the order) by the
-real engine, both sides signing that state; the set-up is stored in one transaction.
+real engine, both sides signing that state; the set-up is stored in one transaction, and each
+side's party is loaded back from its store, as a restarted agent does.
 
 The figure is the broker's real ``settle_batch`` on ``--channels`` channels (default 10,000):
 one store transaction for the batch price, the batch's trades and every Trade proposal before
@@ -106,8 +107,13 @@ def make_broker(path: Path, n: int, first: int) -> InProcessBroker:
     with store.transaction():  # the set-up: one commit, not timed
         for i in range(first, first + n):
             broker_party, trader_party = open_channel(broker, i, now)
-            broker.parties[broker_party.channel_id] = broker_party
             broker.traders[bytes(broker_party.channel_id)] = trader_party
+    # Each side as a running agent holds it: loaded back from its store (BrokerAgent._load does
+    # the same on a restart), so that each party knows what its store holds.
+    for channel_id, trader_party in broker.traders.items():
+        party = ChannelParty.load(store, broker.state_signer, channel_id)
+        broker.parties[party.channel_id] = party
+        broker.traders[channel_id] = ChannelParty.load(trader_party.store, trader_party.signer, channel_id)
     return broker
 
 

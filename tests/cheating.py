@@ -18,7 +18,8 @@ from typing import Any
 
 from offchain.agents.broker import BrokerAgent
 from offchain.agents.cheating import EquivocatingBroker
-from offchain.engine.channel import Trade
+from offchain.engine.channel import Trade, Transitioned, apply
+from offchain.engine.rules import RuleViolation
 
 __all__ = ["EquivocatingBroker", "LeftOutBroker", "main"]
 
@@ -38,8 +39,12 @@ class LeftOutBroker(BrokerAgent):
                 out[channel_id] = Trade(trade.batch_price, kept, trade.now, trade.marks)
         return out
 
-    def _would_apply(self, channel_id: bytes, trade: Trade, now: int) -> bool:
-        return True
+    def _would_apply(self, channel_id: bytes, trade: Trade, now: int) -> Transitioned | None:
+        """The engine alone decides: no check for the orders a signed price leaves out."""
+        try:
+            return apply(self.party(channel_id).channel, trade)
+        except RuleViolation:
+            return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

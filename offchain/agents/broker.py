@@ -925,8 +925,15 @@ class BrokerAgent:
             price = BatchPrice(MarketId(book.market.id), batch, Price(clearing.price))
             marks = {**self.marks(), book.market.id: price.price}
             trades = self._trades(clearing.fills, by_key, book, price, now, marks)
-            applied = {cid: self._would_apply(cid, trade, now) for cid, trade in trades.items()}
-            refused = {cid for cid, result in applied.items() if result is None}
+            applied: dict[bytes, tuple[Channel, Transitioned]] = {}  # reused by propose: one run each
+            refused: set[bytes] = set()
+            for cid, trade in trades.items():
+                channel = self.parties[ChannelId(cid)].channel
+                result = self._would_apply(cid, trade, now)
+                if result is None:
+                    refused.add(cid)
+                else:
+                    applied[cid] = (channel, result)
             if not refused:
                 break
             excluded |= refused
@@ -943,7 +950,7 @@ class BrokerAgent:
                 {"open_batch": batch + 1, "last_price": clearing.price, "priced": True},
             )
             self.store.put_meta("broker.trades", str(book.market.id), _trades_json(batch, trades) if trades else None)
-            proposals, later = self._store_trade_proposals(trades, snapshots)
+            proposals, later = self._store_trade_proposals(trades, snapshots, applied)
         crash_point("broker.batch.stored")
         book.open_batch = batch + 1
         book.history.append(StoredBatchPrice(self.address, price, signature))
@@ -978,12 +985,15 @@ class BrokerAgent:
         self,
         trades: dict[bytes, Trade],
         snapshots: list[tuple[ChannelParty, tuple[Any, ...]]],
+        applied: dict[bytes, tuple[Channel, Transitioned]] | None = None,
     ) -> tuple[dict[bytes, m.Propose], dict[bytes, Trade]]:
         """Inside the caller's transaction: store and sign the Trade proposal of every channel
         that can take it at once (answering, no proposal pending or in the making, the turn with
         us), each in its own savepoint. Returns those proposals, and the trades left for the
         one-by-one path (:meth:`_propose`, which waits for the channel's lock or turn). A trade
-        refused (the engine, the signature log, the store) is left out and stays unsettled."""
+        refused (the engine, the signature log, the store) is left out and stays unsettled.
+        ``applied`` holds the engine's results already computed for the trades (see
+        :meth:`ChannelParty.propose`)."""
         proposals: dict[bytes, m.Propose] = {}
         later: dict[bytes, Trade] = {}
         for cid, trade in trades.items():
@@ -1000,7 +1010,7 @@ class BrokerAgent:
             snapshots.append((party, _snapshot(party)))
             try:
                 with self.store.transaction():  # a savepoint: a refusal undoes this channel's writes only
-                    proposal, _ = party.propose("trade", trade)
+                    proposal, _ = party.propose("trade", trade, applied.get(cid) if applied else None)
             except (ProtocolError, RuleViolation, StoreError) as exc:
                 self._event("refused", f"trade in 0x{party.channel_id.hex()}: {exc.reason}")
                 continue
@@ -1061,11 +1071,13 @@ class BrokerAgent:
         left: dict[bytes, Trade] = {}
         for cid_hex, raw in saved["trades"].items():
             party = self.parties.get(ChannelId(bytes.fromhex(cid_hex[2:])))
-            trade = m.transition_from_json("trade", raw)
-            if party is None or not isinstance(trade, Trade) or party.state.is_final:
+            if party is None or party.state.is_final:
                 continue
             if party.state.outcomes[party.params.market_index(market_id)].last_batch >= batch:
-                continue  # co-signed already
+                continue  # co-signed already (the common case: checked before parsing the trade)
+            trade = m.transition_from_json("trade", raw)
+            if not isinstance(trade, Trade):
+                continue
             pending = party.pending[0].transition if party.pending is not None else None
             if isinstance(pending, Trade) and pending.batch_price == trade.batch_price:
                 continue  # proposed; delivered when the trader resumes

@@ -5,8 +5,10 @@ party must do around it (MISSION.md, "Off-chain protocol"):
 
 - a proposal is checked in full (turn, version, the proposer's signature, the transition's
   rules, the exact resulting state) before anything is stored or signed;
-- the state is written to the durable store before it is signed or acknowledged; the signature
-  log in the store refuses a second different state with one version, also after a restart;
+- the state is written to the durable store before its signature or ACK leaves the party: the
+  state, our signature and the digest the signer logs are one store transaction, committed
+  before the proposal or the ACK is returned; the signature log in the store refuses a second
+  different state with one version, also after a restart;
 - one pending proposal per channel at a time;
 - a duplicate of a proposal already acknowledged is answered with the same ACK and changes
   nothing; an older or conflicting one is refused with ``stale_version``.
@@ -24,12 +26,12 @@ from typing import Any
 from offchain.crashpoints import crash_point
 from offchain.engine.channel import Channel, Transition, Transitioned, apply, expect, setup
 from offchain.engine.rules import RuleViolation
-from offchain.errors import SignatureError
-from offchain.model import ChannelParams, ChannelState, shared_nonces
+from offchain.errors import SignatureError, ValidationError
+from offchain.model import MAX_VERSION, ChannelParams, ChannelState, parse_decimal, shared_nonces
 from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
 from offchain.signing import CoSignedState, StateSigner, verify
-from offchain.store import ChannelRecord, Store
+from offchain.store import ChannelRecord, Store, StoreCorruptError
 from offchain.types import Address, ChannelId, Signature
 
 TRADER = "trader"
@@ -92,7 +94,7 @@ class ChannelParty:
         self.status = status
         self.pending: tuple[m.Propose, Transitioned] | None = None
         # What _save last wrote: (role, flow, turn, status, used nonces) and the pending proposal.
-        self._saved: tuple[tuple[str, str, str, str, frozenset[int]], m.Propose | None] | None = None
+        self._saved: tuple[_SavedMeta, m.Propose | None] | None = None
 
     # ------------------------------------------------------------------ identity
 
@@ -144,7 +146,7 @@ class ChannelParty:
                 params=params,
                 flow=flow,
             )
-            party._record_signature(channel.state, signature)
+            party._store_signatures(channel.state, signature, None)
             party.pending = (proposal, Transitioned(channel, ()))
             party.save()
         crash_point("party.setup.committed")
@@ -172,10 +174,8 @@ class ChannelParty:
         turn = (BROKER if role == TRADER else TRADER) if flow == COOPERATIVE else BROKER  # the proposer's
         with store.transaction():
             party = cls(store, signer, role, channel, flow, turn, _unsigned(channel.state))
-            store.put_state(channel.state, None, None)
-            party._record_signature(channel.state, proposal.signature, mine=False)
             signature = signer.sign_state(channel.state)
-            party._record_signature(channel.state, signature)
+            party._store_signatures(channel.state, signature, proposal.signature)
             party.save()
         crash_point("party.accept_setup.committed")
         return party, m.Ack(params.channel_id, 0, signature)
@@ -211,18 +211,24 @@ class ChannelParty:
         )
         pending = store.pending(channel_id)
         if pending is not None:
-            proposal = m.from_json(pending)
+            proposal = _pending_from_record(store, channel_id, party.role, pending)
             if isinstance(proposal, m.Propose) and proposal.state.version == state.version + 1:
                 party.pending = (proposal, _replay(channel, proposal))
             elif isinstance(proposal, m.Propose) and proposal.kind == "setup" and latest is None:
                 party.pending = (proposal, Transitioned(channel, ()))
+        if pending is None or party.pending is not None:
+            # What the store holds is what _save would write now: its first call skips the same.
+            party._saved = _saved_record(
+                (party.role, party.flow, party.turn, party.status, channel.used_nonces),
+                None if party.pending is None else party.pending[0],
+            )
         return party
 
     def save(self) -> None:
         """Write the channel record and the pending proposal (inside the caller's transaction)."""
         self._saved = None  # whatever the caller's transaction does, the next _save writes in full
         self.store.put_channel(ChannelRecord(self.channel_id, self.params, self._meta()))
-        self.store.put_pending(self.channel_id, m.to_json(self.pending[0]) if self.pending else None)
+        self.store.put_pending(self.channel_id, _pending_record(self.pending[0]) if self.pending else None)
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -245,24 +251,33 @@ class ChannelParty:
         if saved is None or saved[0] != meta:
             self.store.put_channel(ChannelRecord(self.channel_id, self.params, self._meta()))
         if saved is None or saved[1] is not pending:
-            self.store.put_pending(self.channel_id, None if pending is None else m.to_json(pending))
-        self._saved = (meta, pending)
+            self.store.put_pending(self.channel_id, None if pending is None else _pending_record(pending))
+        self._saved = _saved_record(meta, pending)
 
     # ------------------------------------------------------------------ proposing
 
-    def propose(self, kind: str, transition: Transition) -> tuple[m.Propose, Transitioned]:
-        """Apply ``transition``, store and sign the result, and return the proposal to send."""
+    def propose(
+        self, kind: str, transition: Transition, applied: tuple[Channel, Transitioned] | None = None
+    ) -> tuple[m.Propose, Transitioned]:
+        """Apply ``transition``, store and sign the result, and return the proposal to send.
+
+        ``applied`` is ``(channel, apply(channel, transition))`` when the caller has already run
+        the engine (the broker does, to leave out of a batch a channel that cannot take its
+        Trade): it is used only when ``channel`` is this party's current channel (the engine is
+        pure, so the result is the same), and the engine runs again otherwise."""
         self._require_open()
         if self.pending is not None:
             raise ProtocolError(m.PROPOSAL_PENDING, "a proposal of ours is waiting for its ACK")
         if not self.my_turn():
             raise ProtocolError(m.NOT_YOUR_TURN, f"it is the {self.turn}'s turn")
-        result = apply(self.channel, transition)
-        with self._atomic():
-            self.store.put_state(result.state, None, None)
-            crash_point("party.propose.stored")
+        if applied is not None and applied[0] is self.channel:
+            result = applied[1]
+        else:
+            result = apply(self.channel, transition)
+        with self._atomic():  # nothing leaves before it commits: the state with our signature
             signature = self.signer.sign_state(result.state)
-            self._record_signature(result.state, signature)
+            self._store_signatures(result.state, signature, None)
+            crash_point("party.propose.stored")
             proposal = m.Propose(self.channel_id, kind, transition, result.state, signature)
             self.pending = (proposal, result)
             self._save()
@@ -280,7 +295,7 @@ class ChannelParty:
             raise ProtocolError(m.STALE_VERSION, f"ACK for version {ack.version}, pending {proposal.state.version}")
         _verify(result.channel, proposal.state, ack.signature, self.counterpart)
         with self._atomic():
-            self._record_signature(proposal.state, ack.signature, mine=False)
+            self._store_signatures(proposal.state, proposal.signature, ack.signature)
             self.channel = result.channel
             self.pending = None
             self._save()
@@ -337,11 +352,10 @@ class ChannelParty:
                 raise ProtocolError(m.RULE_VIOLATION, failure.reason, failure.rule.value) from failure
             raise failure
         assert result is not None
-        with self._atomic():
-            self._record_signature(result.state, proposal.signature, mine=False)  # stores the state
-            crash_point("party.on_proposal.stored")
+        with self._atomic():  # committed before the ACK leaves: the state with both signatures
             signature = self.signer.sign_state(result.state)
-            self._record_signature(result.state, signature)
+            self._store_signatures(result.state, signature, proposal.signature)
+            crash_point("party.on_proposal.stored")
             self.channel = result.channel
             self._save()
         crash_point("party.on_proposal.committed")
@@ -409,15 +423,29 @@ class ChannelParty:
             raise ProtocolError(m.STALE_VERSION, f"version {proposal.state.version} is already agreed differently")
         return m.Ack(self.channel_id, proposal.state.version, Signature(mine))
 
-    def _record_signature(self, state: ChannelState, signature: Signature, mine: bool = True) -> None:
-        store = self.store
-        if (self.role == TRADER) == mine:
-            store.put_state(state, signature, None)
-        else:
-            store.put_state(state, None, signature)
-        stored = store.state(self.channel.params.channel_id, state.version)
-        if stored is not None and stored.trader_signature is not None and stored.broker_signature is not None:
-            self.co_signed = CoSignedState(state, _sig(stored.trader_signature), _sig(stored.broker_signature))
+    def _store_signatures(self, state: ChannelState, mine: Signature, theirs: Signature | None) -> None:
+        """Write ``state`` with our signature, and the counterpart's when it has signed it too:
+        the state is then co-signed. Inside the caller's transaction, with the digest the
+        StateSigner logged before signing: the three are committed together, before the
+        signature leaves this party (the proposal or the ACK is sent after the commit)."""
+        trader, broker = (mine, theirs) if self.role == TRADER else (theirs, mine)
+        self.store.put_state(state, trader, broker)
+        if theirs is not None:
+            self.co_signed = CoSignedState(state, _sig(trader), _sig(broker))
+
+
+_SavedMeta = tuple[str, str, str, str, frozenset[int]]
+_SAVED_RECORDS: dict[_SavedMeta, tuple[_SavedMeta, None]] = {}
+
+
+def _saved_record(meta: _SavedMeta, pending: m.Propose | None) -> tuple[_SavedMeta, m.Propose | None]:
+    """``(meta, pending)``, what :meth:`ChannelParty._save` wrote. With nothing pending, one
+    shared tuple per meta (a broker holds one per channel; MISSION.md, "Bars": < 2 KiB each);
+    metas are few (the nonce sets of up to 8 are shared, see ``shared_nonces``), larger ones are
+    not kept."""
+    if pending is not None or len(meta[4]) > 8:
+        return (meta, pending)
+    return _SAVED_RECORDS.setdefault(meta, (meta, None))
 
 
 class _Atomic:
@@ -471,6 +499,43 @@ def _name(value: Any) -> Any:
 
 def _sig(raw: bytes | None) -> Signature:
     return Signature(raw or b"")
+
+
+def _pending_record(proposal: m.Propose) -> dict[str, Any]:
+    """Our pending proposal as the store keeps it. Its state, with our signature on it, is
+    written to the store's states in the same transaction, so a proposal with a transition is
+    kept as its kind, transition and version (and request id), not its state a second time; a
+    setup proposal (no transition, with the parameters) is kept whole, as its message."""
+    if proposal.transition is None:
+        return m.to_json(proposal)
+    record: dict[str, Any] = {
+        "kind": proposal.kind,
+        "transition": m.transition_to_json(proposal.transition),
+        "version": str(proposal.state.version),
+    }
+    if proposal.id:
+        record["id"] = proposal.id
+    return record
+
+
+def _pending_from_record(store: Store, channel_id: bytes, role: str, record: dict[str, Any]) -> m.Message | None:
+    """The pending proposal from :func:`_pending_record`'s record (or a whole message, as setup
+    proposals and stores written before it keep it); None when its state is not in the store."""
+    if "version" not in record:
+        return m.from_json(record)
+    try:
+        version = parse_decimal(record["version"], "pending version")
+        kind, request_id = record.get("kind"), record.get("id", "")
+        if not isinstance(kind, str) or not isinstance(request_id, str):
+            raise ValidationError("the pending proposal's kind and id are strings")
+        transition = m.transition_from_json(kind, record.get("transition"))
+    except (ValidationError, ProtocolError) as exc:
+        raise StoreCorruptError(f"unreadable pending proposal of channel 0x{channel_id.hex()}: {exc}") from exc
+    stored = store.state(channel_id, version) if version <= MAX_VERSION else None
+    ours = None if stored is None else (stored.trader_signature if role == TRADER else stored.broker_signature)
+    if stored is None or ours is None or transition is None:
+        return None
+    return m.Propose(ChannelId(channel_id), kind, transition, stored.state, Signature(ours), id=request_id)
 
 
 def _unsigned(state: ChannelState) -> CoSignedState:

@@ -19,7 +19,7 @@ from offchain.protocol import messages as m
 from offchain.protocol.messages import ProtocolError
 from offchain.protocol.party import BROKER, COOPERATIVE, SERVER_INITIATIVE, TRADER, ChannelParty
 from offchain.signing import LocalSigner, StateSigner, malleate, verify
-from offchain.store import MemoryStore, SQLiteStore, Store
+from offchain.store import MemoryStore, SQLiteStore, Store, StoreCorruptError
 from offchain.types import BatchNumber, MarketId, Nonce, Price, Signature, SyntheticAmount, Timestamp, TokenAmount
 from tests.protocol.conftest import (
     BROKER_KEY,
@@ -505,6 +505,33 @@ def test_restart_with_a_pending_setup(tmp_path: Path) -> None:
     broker.on_ack(ack)
     assert_agreed(trader, broker)
     store.close()
+
+
+def test_the_pending_proposal_is_stored_by_version_and_older_whole_records_still_load() -> None:
+    """The state of a pending proposal is in the store's states already: the pending record
+    keeps its kind, transition and version. A record that holds the whole message (as setup
+    proposals and stores written before are kept) loads the same; a damaged one is refused."""
+    trader, broker = open_channel(COOPERATIVE)
+    exchange(trader, broker, "deposit", DEPOSITS)
+    proposal, _ = trader.propose("lock", lock(PARAMS, 1))
+    record = trader.store.pending(CID)
+    assert record is not None and "state" not in record and record["version"] == str(proposal.state.version)
+    loaded = ChannelParty.load(trader.store, signer_for(TRADER_KEY, trader.store), CID)
+    assert loaded.pending is not None and loaded.pending[0] == proposal
+
+    with trader.store.transaction():
+        trader.store.put_pending(CID, m.to_json(proposal))  # the whole message
+    whole = ChannelParty.load(trader.store, signer_for(TRADER_KEY, trader.store), CID)
+    assert whole.pending is not None and whole.pending[0] == proposal
+
+    for damaged in ({**record, "version": "x"}, {**record, "kind": 7}, {**record, "transition": []}):
+        with trader.store.transaction():
+            trader.store.put_pending(CID, damaged)
+        with pytest.raises(StoreCorruptError):
+            ChannelParty.load(trader.store, signer_for(TRADER_KEY, trader.store), CID)
+    with trader.store.transaction():  # a version whose state the store does not have: no pending
+        trader.store.put_pending(CID, {**record, "version": str(proposal.state.version + 5)})
+    assert ChannelParty.load(trader.store, signer_for(TRADER_KEY, trader.store), CID).pending is None
 
 
 def test_load_unknown_channel() -> None:
