@@ -223,7 +223,9 @@ class BrokerAgent:
 
     async def start(self) -> None:
         await on_chain(self.chain, self._approve)
-        self._server = await serve(self._serve, self.config.host, self.config.port, max_size=m.MAX_MESSAGE_BYTES)
+        self._server = await serve(
+            self._serve, self.config.host, self.config.port, max_size=m.MAX_MESSAGE_BYTES, compression=None
+        )
         self._tasks.append(asyncio.create_task(self._batch_loop()))
         self._tasks.append(asyncio.create_task(self.fallback.run()))
         for party in self.parties.values():

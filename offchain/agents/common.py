@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from eth_utils.crypto import keccak
@@ -20,6 +21,26 @@ T = TypeVar("T")
 log = logging.getLogger("tchan")
 
 LOGIN_PREFIX = "Trading Channels login"
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (Linux, macOS: a dependency there), else None
+    (asyncio's own). ``TCHAN_EVENT_LOOP=asyncio`` picks asyncio's in any case."""
+    if os.environ.get("TCHAN_EVENT_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop  # optional: not on Windows
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the fastest event loop available (see :func:`loop_factory`): what
+    the agents' processes (broker, trader, watchtower) and the load generator run in."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
 
 
 def login_text(broker: Address, nonce: bytes) -> bytes:

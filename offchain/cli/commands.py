@@ -8,10 +8,10 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from offchain.agents import DEFAULT_DISPUTE_AFTER
 from offchain.cli.common import (
@@ -37,6 +37,7 @@ DEFAULT_BROKER_PORT = 8765
 DEFAULT_BROKER_URL = f"ws://127.0.0.1:{DEFAULT_BROKER_PORT}"
 DEFAULT_WATCHTOWER_PORT = 8766
 QUIET_LOGGERS = ("websockets", "web3", "urllib3", "eth", "asyncio")
+T = TypeVar("T")
 
 
 def quiet_logging(who: str) -> None:
@@ -44,6 +45,13 @@ def quiet_logging(who: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {who} %(message)s", stream=sys.stdout)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run an agent's process on the fastest event loop available (uvloop where installed)."""
+    from offchain.agents.common import run_loop as run
+
+    return run(main)
 
 
 async def until_stopped() -> None:
@@ -218,7 +226,7 @@ def broker_command(args: argparse.Namespace, broker_class: type[BrokerAgent] | N
             await broker.stop()
             store.close()
 
-    asyncio.run(serve())
+    run_loop(serve())
     out.progress("broker stopped")
     return 0
 
@@ -313,7 +321,7 @@ def trader_command(args: argparse.Namespace) -> int:
         async with running_trader(args, out) as agent:
             return await run_script(agent, steps, lambda line: out.progress(f"trader: {line}"))
 
-    summary = asyncio.run(run())
+    summary = run_loop(run())
     out.result(summary, lambda: _summary_text(summary))
     return 0
 
@@ -372,7 +380,7 @@ def watchtower_command(args: argparse.Namespace) -> int:
         finally:
             store.close()
 
-    asyncio.run(serve())
+    run_loop(serve())
     out.progress("watchtower stopped")
     return 0
 

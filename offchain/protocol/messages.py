@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from offchain.engine.channel import (
     AccountDeposits,
     CancelOrder,
@@ -429,7 +431,20 @@ def to_json(message: Message) -> dict[str, Any]:
 
 
 def encode(message: Message) -> str:
-    return json.dumps(to_json(message), separators=(",", ":"))
+    return dumps(to_json(message))
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text, exactly ``json.dumps(value, separators=(",", ":"))``: orjson's when it is
+    plain ASCII (then the two are the same text: the messages hold strings, small ints, bools and
+    null), else json's (which escapes non-ASCII characters; orjson also refuses ints beyond 64 bits)."""
+    try:
+        data = orjson.dumps(value)
+    except TypeError:
+        data = b"\x80"  # not encodable by orjson (e.g. an int beyond 64 bits): json's
+    if data.isascii():
+        return data.decode("ascii")
+    return json.dumps(value, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- parse
@@ -446,6 +461,14 @@ def load_frame(raw: str | bytes) -> object:
     brackets = raw.count("[") + raw.count("{") if isinstance(raw, str) else raw.count(b"[") + raw.count(b"{")
     if brackets > MAX_BRACKETS:
         raise ProtocolError(INVALID_MESSAGE, f"more than {MAX_BRACKETS} arrays and objects")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # NaN, 1e400, a lone surrogate, UTF-16, ...: whatever json makes of it
+    return _json_loads(raw)
+
+
+def _json_loads(raw: str | bytes) -> object:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -493,7 +516,14 @@ def message_id_of(raw: str | bytes) -> str:
 
 def parse(raw: str | bytes) -> Message:
     """Validate ``raw`` in full and return the typed message; ProtocolError otherwise."""
-    return from_json(load_frame(raw))
+    data = load_frame(raw)
+    try:
+        return from_json(data)
+    except ProtocolError:
+        # orjson reads an integer beyond 64 bits as a float, json as an int: no valid message has
+        # one, and the refusal of either is the same, but its reason may name the value. So a
+        # refused frame is read again as json reads it, and refused (or not) exactly as before.
+        return from_json(_json_loads(raw))
 
 
 def from_json(data: object) -> Message:

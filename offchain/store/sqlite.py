@@ -27,9 +27,11 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from types import TracebackType
 from typing import Any, Self
+
+import orjson
 
 from offchain.crashpoints import crash_point
 from offchain.errors import ValidationError
@@ -143,6 +145,28 @@ def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         cache.popitem(last=False)
 
 
+def _canonical(value: Any, what: str) -> str:
+    """``encode_json(value, what, check_round_trip=False)``, the same text, by orjson when it can:
+    for the model's ``to_json()`` output and plain string maps (strings, lists, dicts with string
+    keys; no floats), orjson's sorted compact output is json's byte for byte when it is ASCII
+    (json escapes the rest; orjson also refuses ints beyond 64 bits)."""
+    try:
+        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        data = b"\x80"
+    if data.isascii():
+        return data.decode("ascii")
+    return encode_json(value, what, check_round_trip=False)
+
+
+def _plain_strings(meta: object) -> bool:
+    """``meta`` is a dict of strings to strings or lists of strings: it round-trips through JSON."""
+    return type(meta) is dict and all(
+        type(k) is str and (type(v) is str or (type(v) is list and all(type(x) is str for x in v)))
+        for k, v in meta.items()
+    )
+
+
 def _key(channel_id: bytes) -> str:
     return "channel 0x" + channel_id.hex()
 
@@ -151,6 +175,26 @@ def _store_error(exc: sqlite3.Error) -> StoreError:
     if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return StoreCorruptError(f"the database is corrupt: {exc}")
     return StoreError(f"SQLite: {exc}")
+
+
+class _Transaction:
+    """SQLiteStore.transaction(): a plain context manager (every update opens several)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        self._store._begin()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._store._end(exc)
+
+
+_NO_TRANSACTION: AbstractContextManager[None] = nullcontext()
 
 
 class SQLiteStore:
@@ -164,6 +208,18 @@ class SQLiteStore:
         self.synchronous = synchronous.upper()
         self._lock = threading.RLock()
         self._depth = 0
+        # Per nested level (depth 2, 3, ...) of the open transaction: None while no write has
+        # happened in it (its savepoint is not created yet), else (savepoint name, owner). A
+        # savepoint is created at the first write, once for every level still without one: no
+        # write happened between their starts, so one savepoint marks all of them; the outermost
+        # of them owns it (releases it), the others roll back to it.
+        self._levels: list[tuple[str, bool] | None] = []
+        # What this transaction wrote or read of the states and the signed-version log: exact
+        # while it is open (BEGIN IMMEDIATE holds SQLite's write lock, and this connection is the
+        # only writer), forgotten when it ends, on any rollback and on any SQLite error.
+        self._tx_rows: dict[tuple[bytes, int], tuple[Any, ...]] = {}
+        self._tx_digests: dict[tuple[bytes, int], bytes] = {}
+        self._params_text: OrderedDict[int, tuple[ChannelParams, str]] = OrderedDict()
         # Bounded caches of what was just written or read (a party reads back the state it has
         # just stored): a state object already checked and encoded, by identity (states are
         # immutable; the entry holds the object, so its id is not reused while cached), and a row
@@ -276,49 +332,139 @@ class SQLiteStore:
             try:
                 yield conn
             except sqlite3.Error as exc:
+                self._forget()
                 raise _store_error(exc) from exc
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One commit for every write inside (``BEGIN IMMEDIATE`` ... ``COMMIT``: one fsync). A
-        nested call is a savepoint of the enclosing transaction. An exception leaving the block
-        rolls back the block's writes and propagates; other threads wait until the block ends."""
-        with self._db() as conn:
-            depth = self._depth
-            savepoint = f"sp{depth}"
-            if depth and not conn.in_transaction:
-                # SQLite rolled the enclosing transaction back by itself (some I/O errors do, e.g.
-                # in a savepoint that failed and was caught): a write now would commit on its own.
-                raise StoreError(f"{self.path}: the enclosing transaction was rolled back by SQLite")
-            conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
-            self._depth = depth + 1
+    def _read(self, sql: str, args: tuple[Any, ...]) -> Any:
+        """The first row of a query (or None), under the thread lock; StoreError on SQLite errors."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError("the store is closed")
             try:
-                yield
-            except BaseException:
-                self._depth = depth
-                self._roll_back(conn, depth, savepoint)
-                raise
+                return conn.execute(sql, args).fetchone()
+            except sqlite3.Error as exc:
+                self._forget()
+                raise _store_error(exc) from exc
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
+        """One write statement inside the open transaction (the caller holds the lock and is
+        inside :meth:`transaction` or :meth:`_writing`): the savepoints of the levels without one
+        are created first."""
+        conn = self._conn
+        if conn is None:
+            raise StoreError("the store is closed")
+        try:
+            if self._levels and self._levels[-1] is None:
+                self._materialise(conn)
+            return conn.execute(sql, args)
+        except sqlite3.Error as exc:
+            self._forget()
+            raise _store_error(exc) from exc
+
+    def _materialise(self, conn: sqlite3.Connection) -> None:
+        levels = self._levels
+        first = len(levels) - 1
+        while first > 0 and levels[first - 1] is None:
+            first -= 1
+        name = f"sp{first + 1}"
+        conn.execute(f"SAVEPOINT {name}")
+        levels[first] = (name, True)
+        for i in range(first + 1, len(levels)):
+            levels[i] = (name, False)
+
+    def _forget(self) -> None:
+        """Drop what the open transaction remembers (after a rollback or an error)."""
+        self._tx_rows.clear()
+        self._tx_digests.clear()
+
+    def transaction(self) -> _Transaction:
+        """One commit for every write inside (``BEGIN IMMEDIATE`` ... ``COMMIT``: one fsync). A
+        nested call is a savepoint of the enclosing transaction (created at its first write: a
+        nested block that writes nothing costs no statement). An exception leaving the block
+        rolls back the block's writes and propagates; other threads wait until the block ends."""
+        return _Transaction(self)
+
+    def _writing(self) -> AbstractContextManager[None]:
+        """What a write method of one statement runs in (the caller holds the lock): its own
+        transaction when none is open, else nothing more (a failing statement leaves no trace,
+        SQLite undoes it, so it needs no savepoint of its own)."""
+        return self.transaction() if self._depth == 0 else _NO_TRANSACTION
+
+    def _begin(self) -> None:
+        self._lock.acquire()
+        try:
+            conn = self._conn
+            if conn is None:
+                raise StoreError("the store is closed")
+            depth = self._depth
+            if depth == 0:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise _store_error(exc) from exc
+                self._forget()
+            else:
+                if not conn.in_transaction:
+                    # SQLite rolled the enclosing transaction back by itself (some I/O errors do, e.g.
+                    # in a savepoint that failed and was caught): a write now would commit on its own.
+                    raise StoreError(f"{self.path}: the enclosing transaction was rolled back by SQLite")
+                self._levels.append(None)
+            self._depth = depth + 1
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _end(self, exc: BaseException | None) -> None:
+        """Leave the innermost level: commit or release it, or roll it back if ``exc``."""
+        try:
+            conn = self._conn
+            assert conn is not None  # close() refuses to run inside a transaction
+            depth = self._depth - 1
             self._depth = depth
             if depth == 0:
-                crash_point("store.before_commit")
-            try:
-                conn.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
-            except sqlite3.Error:
-                self._roll_back(conn, depth, savepoint)
-                raise
-            if depth == 0:
-                crash_point("store.after_commit")
-
-    @staticmethod
-    def _roll_back(conn: sqlite3.Connection, depth: int, savepoint: str) -> None:
-        # SQLite may already have rolled back by itself (some I/O errors do); nothing to undo then.
-        with suppress(sqlite3.Error):
-            if depth == 0:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                if exc is not None:
+                    self._forget()
+                    with suppress(sqlite3.Error):
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                else:
+                    crash_point("store.before_commit")
+                    try:
+                        conn.execute("COMMIT")
+                    except sqlite3.Error as error:
+                        self._forget()
+                        with suppress(sqlite3.Error):
+                            if conn.in_transaction:
+                                conn.execute("ROLLBACK")
+                        raise _store_error(error) from error
+                    self._forget()
+                    crash_point("store.after_commit")
             else:
-                conn.execute(f"ROLLBACK TO {savepoint}")
-                conn.execute(f"RELEASE {savepoint}")
+                level = self._levels.pop()
+                if level is None:
+                    pass  # nothing was written at this level: nothing to release or undo
+                elif exc is not None:
+                    self._forget()
+                    name, owner = level
+                    # SQLite may already have rolled back by itself (some I/O errors do).
+                    with suppress(sqlite3.Error):
+                        conn.execute(f"ROLLBACK TO {name}")
+                        if owner:
+                            conn.execute(f"RELEASE {name}")
+                elif level[1]:
+                    try:
+                        conn.execute(f"RELEASE {level[0]}")
+                    except sqlite3.Error as error:
+                        self._forget()
+                        with suppress(sqlite3.Error):
+                            conn.execute(f"ROLLBACK TO {level[0]}")
+                            conn.execute(f"RELEASE {level[0]}")
+                        raise _store_error(error) from error
+            if isinstance(exc, sqlite3.Error):
+                raise _store_error(exc) from exc
+        finally:
+            self._lock.release()
 
     def _corrupt(self, table: str, key: str, detail: object) -> StoreCorruptError:
         return StoreCorruptError(f"{self.path}: unreadable row in {table} ({key}): {detail}")
@@ -334,10 +480,22 @@ class SQLiteStore:
     # ------------------------------------------------------------------ channels
 
     def put_channel(self, record: ChannelRecord) -> None:
-        meta = check_channel_record(record)
-        params = encode_json(record.params.to_json(), "params", check_round_trip=False)
-        with self.transaction(), self._db() as conn:
-            conn.execute(
+        if isinstance(record.params, ChannelParams) and _plain_strings(record.meta):
+            # check_channel_record's checks (the others hold), its text by the fast encoder.
+            check_bytes("channel_id", record.channel_id, 32)
+            if record.params.channel_id != record.channel_id:
+                raise ValidationError("channel_id is not the hash of params")
+            meta = _canonical(record.meta, "channel meta")
+        else:
+            meta = check_channel_record(record)
+        known = self._params_text.get(id(record.params))
+        if known is not None and known[0] is record.params:
+            params = known[1]  # this very (immutable) object was encoded before
+        else:
+            params = _canonical(record.params.to_json(), "params")
+            _remember(self._params_text, id(record.params), (record.params, params))
+        with self._lock, self._writing():
+            self._write(
                 "INSERT INTO channels (channel_id, params, meta) VALUES (?, ?, ?) "
                 "ON CONFLICT (channel_id) DO UPDATE SET params = excluded.params, meta = excluded.meta",
                 (record.channel_id, params, meta),
@@ -389,46 +547,56 @@ class SQLiteStore:
             text = known[1]
         else:
             check_stored_state(state, trader_signature, broker_signature)
-            text = encode_json(state.to_json(), "state", check_round_trip=False)
+            text = _canonical(state.to_json(), "state")
             _remember(self._encoded, id(state), (state, text))
-        with self.transaction(), self._db() as conn:
-            row = conn.execute(
-                "SELECT is_final, body FROM states WHERE channel_id = ? AND version = ?",
-                (state.channel_id, state.version),
-            ).fetchone()
+        channel_id, version, is_final = state.channel_id, state.version, int(state.is_final)
+        key = (channel_id, version)
+        with self._lock, self._writing():
+            row = self._tx_rows.get(key)
             if row is None:
-                conn.execute(
-                    f"INSERT INTO states ({_STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        state.channel_id,
-                        state.version,
-                        int(state.is_final),
-                        text,
-                        trader_signature,
-                        broker_signature,
-                    ),
+                cursor = self._write(
+                    f"INSERT INTO states ({_STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (channel_id, version) DO NOTHING",
+                    (channel_id, version, is_final, text, trader_signature, broker_signature),
                 )
-                _remember(self._parsed, (state.channel_id, state.version), (int(state.is_final), text, state))
-                return
-            key = f"{_key(state.channel_id)}, version {state.version}"
+                if cursor.rowcount == 1:
+                    self._tx_rows[key] = (channel_id, version, is_final, text, trader_signature, broker_signature)
+                    _remember(self._parsed, key, (is_final, text, state))
+                    return
+                row = self._read(f"SELECT {_STATE_COLUMNS} FROM states WHERE channel_id = ? AND version = ?", key)
+                assert row is not None  # the insert met this row (nothing deletes states)
+            where = f"{_key(channel_id)}, version {version}"
             # The same canonical text is the same state; another text may still be the same JSON.
-            if row[0] != int(state.is_final) or (
-                row[1] != text and self._json("states", key, row[1]) != self._json("states", key, text)
+            if row[2] != is_final or (
+                row[3] != text and self._json("states", where, row[3]) != self._json("states", where, text)
             ):
-                raise StoreError(f"refusing to overwrite the stored state of {key} with a different one")
+                raise StoreError(f"refusing to overwrite the stored state of {where} with a different one")
             if trader_signature is not None or broker_signature is not None:
-                conn.execute(
+                self._write(
                     "UPDATE states SET trader_signature = COALESCE(?, trader_signature), "
                     "broker_signature = COALESCE(?, broker_signature) WHERE channel_id = ? AND version = ?",
-                    (trader_signature, broker_signature, state.channel_id, state.version),
+                    (trader_signature, broker_signature, channel_id, version),
                 )
+                row = (
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4] if trader_signature is None else trader_signature,
+                    row[5] if broker_signature is None else broker_signature,
+                )
+            self._tx_rows[key] = row
 
     def state(self, channel_id: bytes, version: int) -> StoredState | None:
         check_version(version)
-        with self._db() as conn:
-            row = conn.execute(
-                f"SELECT {_STATE_COLUMNS} FROM states WHERE channel_id = ? AND version = ?", (channel_id, version)
-            ).fetchone()
+        with self._lock:
+            row = self._tx_rows.get((channel_id, version)) if self._depth else None
+            if row is None:
+                row = self._read(
+                    f"SELECT {_STATE_COLUMNS} FROM states WHERE channel_id = ? AND version = ?", (channel_id, version)
+                )
+                if row is not None and self._depth:
+                    self._tx_rows[(channel_id, version)] = row
         return None if row is None else self._stored_state(row)
 
     def latest_state(self, channel_id: bytes) -> StoredState | None:
@@ -475,27 +643,36 @@ class SQLiteStore:
 
     def signed_digest(self, channel_id: bytes, version: int) -> bytes | None:
         check_version(version)
-        with self._db() as conn:
-            row = conn.execute(
-                "SELECT digest FROM signed WHERE channel_id = ? AND version = ?", (channel_id, version)
-            ).fetchone()
-        if row is None:
-            return None
-        if not isinstance(row[0], bytes):
-            raise self._corrupt("signed", f"{_key(channel_id)}, version {version}", "digest is not a BLOB")
-        return row[0]
+        with self._lock:
+            known = self._tx_digests.get((channel_id, version)) if self._depth else None
+            if known is not None:
+                return known
+            row = self._read("SELECT digest FROM signed WHERE channel_id = ? AND version = ?", (channel_id, version))
+            if row is None:
+                return None
+            if not isinstance(row[0], bytes):
+                raise self._corrupt("signed", f"{_key(channel_id)}, version {version}", "digest is not a BLOB")
+            if self._depth:
+                self._tx_digests[(channel_id, version)] = row[0]
+            return row[0]
 
     def record_signed(self, channel_id: bytes, version: int, digest: bytes) -> None:
         check_bytes("channel_id", channel_id, 32)
         check_bytes("digest", digest, 32)
         check_version(version)
-        with self.transaction(), self._db() as conn:
-            previous = self.signed_digest(channel_id, version)
+        with self._lock, self._writing():
+            previous = self._tx_digests.get((channel_id, version))
             if previous is None:
-                conn.execute(
-                    "INSERT INTO signed (channel_id, version, digest) VALUES (?, ?, ?)", (channel_id, version, digest)
+                cursor = self._write(
+                    "INSERT INTO signed (channel_id, version, digest) VALUES (?, ?, ?) "
+                    "ON CONFLICT (channel_id, version) DO NOTHING",
+                    (channel_id, version, digest),
                 )
-            elif previous != digest:
+                if cursor.rowcount == 1:
+                    self._tx_digests[(channel_id, version)] = digest
+                    return
+                previous = self.signed_digest(channel_id, version)
+            if previous != digest:
                 raise StoreError(
                     f"{_key(channel_id)}, version {version}: a different digest is already recorded as signed"
                 )
@@ -506,12 +683,12 @@ class SQLiteStore:
         check_stored_order(order)
         body = order.order.to_json()
         nonce = _u64_text(order.nonce)
-        with self.transaction(), self._db() as conn:
-            row = conn.execute(
+        with self._lock, self._writing():
+            row = self._read(
                 "SELECT body, signature FROM orders WHERE channel_id = ? AND nonce = ?", (order.channel_id, nonce)
-            ).fetchone()
+            )
             if row is None:
-                conn.execute(
+                self._write(
                     "INSERT INTO orders (channel_id, nonce, body, signature) VALUES (?, ?, ?, ?)",
                     (order.channel_id, nonce, encode_json(body, "order", check_round_trip=False), order.signature),
                 )
@@ -545,15 +722,15 @@ class SQLiteStore:
         price = check_stored_batch_price(price)
         p = price.price
         batch = _u64_text(p.batch)
-        with self.transaction(), self._db() as conn:
-            cursor = conn.execute(
+        with self.transaction():  # two writes: a level of its own
+            cursor = self._write(
                 f"INSERT OR IGNORE INTO batch_prices ({_PRICE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                 (price.broker, p.market, batch, str(p.price), price.signature),
             )
             if cursor.rowcount != 1:
                 return False
             # Becomes the market's latest only with a strictly higher batch: on a tie the first stays.
-            conn.execute(
+            self._write(
                 "INSERT INTO latest_batch_prices (broker, market, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT (broker, market) DO UPDATE SET seq = excluded.seq "
                 "WHERE (SELECT batch FROM batch_prices WHERE seq = latest_batch_prices.seq) < ?",
@@ -616,11 +793,11 @@ class SQLiteStore:
         if message is not None and not isinstance(message, dict):
             raise ValidationError("a pending message must be a JSON object or None")
         text = None if message is None else encode_json(message, "pending message")
-        with self.transaction(), self._db() as conn:
+        with self._lock, self._writing():
             if text is None:
-                conn.execute("DELETE FROM pending WHERE channel_id = ?", (channel_id,))
+                self._write("DELETE FROM pending WHERE channel_id = ?", (channel_id,))
             else:
-                conn.execute(
+                self._write(
                     "INSERT INTO pending (channel_id, message) VALUES (?, ?) "
                     "ON CONFLICT (channel_id) DO UPDATE SET message = excluded.message",
                     (channel_id, text),
@@ -642,11 +819,11 @@ class SQLiteStore:
         check_str("namespace", namespace)
         check_str("key", key)
         text = None if value is None else encode_json(value, f"meta {namespace}/{key}")
-        with self.transaction(), self._db() as conn:
+        with self._lock, self._writing():
             if text is None:
-                conn.execute("DELETE FROM meta WHERE namespace = ? AND key = ?", (namespace, key))
+                self._write("DELETE FROM meta WHERE namespace = ? AND key = ?", (namespace, key))
             else:
-                conn.execute(
+                self._write(
                     "INSERT INTO meta (namespace, key, value) VALUES (?, ?, ?) "
                     "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
                     (namespace, key, text),
