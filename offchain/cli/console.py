@@ -1253,11 +1253,9 @@ class Console:
         before = party.co_signed.state.balances.trader_deposit
         if before == 0:
             raise NotNow("the channel has no deposit yet: finish opening it with `open DEPOSIT`")
-        if not any(code == "broker_deposited" for code, _ in agent.events):
-            raise NotNow(
-                "the agent accounts for a new deposit only once it has seen the broker's deposit notice, which the "
-                "broker sends when the channel opens: top up in the session that opened the channel"
-            )
+        # The agent accounts for the deposit once the broker's deposit notice is in (the broker
+        # sends it when the channel opens and again whenever the trader resumes the channel, so
+        # a later session gets it on connecting); it waits for it (twice ``--timeout``).
         if before + amount > MAX_BALANCE:
             raise ValidationError("the deposit would exceed a balance's bound (2^63 - 1)")
         wallet = await self._wallet()

@@ -218,6 +218,30 @@ def test_the_prompt_trades_through_a_pipe_and_closes_on_chain(anvil: Anvil, tmp_
     print(f"{time.monotonic() - started:.1f} s")
 
 
+def test_a_restarted_prompt_tops_up_the_channel_it_opened_before(anvil: Anvil, tmp_path: Path) -> None:
+    """The prompt of a later session (a new process on the same store) tops the channel up: the
+    broker repeats its deposit notice when the trader resumes, and the agent waits for it."""
+    chain = rpc_chain(anvil.url)
+    with Processes(tmp_path / "logs", anvil.url, tmp_path / "deployments") as procs:
+        procs.deploy()
+        _, adjudicator, _ = procs.contracts(chain)
+        url = procs.wait_ready(procs.broker(tmp_path / "broker.db"))
+        first = Prompt(procs, "first", 3, url, tmp_path / "c.db")
+        first.expect(r"^type help for the commands$")
+        (opened,) = first.run("open 5000 cooperative", r"^channel (0x[0-9a-f]{64}) open \(cooperative\), version 1: ")
+        first.send("quit")
+        assert first.process.wait(timeout=20) == 0, first.proc.tail()
+
+        later = Prompt(procs, "later", 3, url, tmp_path / "c.db")
+        later.expect(r"^type help for the commands$")
+        later.run("deposit 250.5", r"^deposited 250\.50 tUSD: your deposit is now 5250\.50 tUSD \(version \d+\)$")
+        channel_id = bytes.fromhex(opened.group(1)[2:])
+        assert adjudicator.status(channel_id).trader_deposit == DEPOSIT + 250_500_000
+        later.send("quit")
+        assert later.process.wait(timeout=20) == 0, later.proc.tail()
+        assert "Traceback" not in later.proc.err()
+
+
 def _tokens(amount: int) -> str:
     """Token base units as the prompt shows them (6 decimals, at least 2 shown)."""
     whole, fraction = divmod(amount, USD)
