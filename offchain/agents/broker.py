@@ -89,6 +89,9 @@ MARK_LOOKBACK = 1000
 
 MAX_CLOCK_SKEW = 300
 """Seconds a proposal's ``now`` may differ from our clock."""
+HISTORY_KEPT = 1024
+"""Signed prices a market book keeps in memory before it drops those that no open, unexpired
+order can need any more (they stay in the store)."""
 DEPOSIT_ATTEMPTS = 8
 """Tries of the broker's deposit into a channel while the node cannot be reached (about 16 s)."""
 
@@ -116,12 +119,21 @@ class MarketBook:
     last_price: int
     priced: bool
     history: list[StoredBatchPrice] = field(default_factory=list)
-    """The broker's signed price of every batch so far, by batch."""
+    """The broker's signed prices by batch, from the first batch of the oldest open, unexpired
+    order of the market (what the check for left-out orders reads; see :meth:`forget_before`)."""
+    forget_at: int = HISTORY_KEPT
+    """The length of ``history`` at which the broker next drops what no order needs."""
 
     def prices_between(self, first: int, last: int) -> list[StoredBatchPrice]:
         lo = bisect_left(self.history, first, key=_batch_of)
         hi = bisect_right(self.history, last, key=_batch_of)
         return self.history[lo:hi]
+
+    def forget_before(self, batch: int) -> None:
+        """Drop the prices of the batches before ``batch`` from memory; the next drop waits
+        until the history has doubled (or reached :data:`HISTORY_KEPT`)."""
+        del self.history[: bisect_left(self.history, batch, key=_batch_of)]
+        self.forget_at = max(HISTORY_KEPT, 2 * len(self.history))
 
 
 def _trades_json(batch: int, trades: dict[bytes, Trade]) -> dict[str, Any]:
@@ -212,7 +224,6 @@ class BrokerAgent:
                 last_price=int(saved.get("last_price", self.config.reference_prices.get(market.id, 1))),
                 priced=bool(saved.get("priced", False)),
             )
-            book.history = self.store.batch_prices_between(self.address, market.id, 1, book.open_batch - 1)
             self.books[market.id] = book
         for channel_id in self.store.channel_ids():  # one at a time: 100k records at once cost memory
             party = ChannelParty.load(self.store, self.state_signer, channel_id)
@@ -220,6 +231,23 @@ class BrokerAgent:
             if party.status == UNRESPONSIVE:
                 self.unresponsive.add(party.channel_id)
             self.fallback.resume(party)
+        now = int(time.time())
+        for book in self.books.values():  # the prices an open order may still need, from the store
+            first = self._oldest_needed_batch(book, now)
+            book.history = self.store.batch_prices_between(self.address, book.market.id, first, book.open_batch - 1)
+
+    def _oldest_needed_batch(self, book: MarketBook, now: int) -> int:
+        """The first batch whose signed price the check for left-out orders may still read: the
+        first batch of the market's oldest open, unexpired order in any channel (an order
+        placed later is eligible from the open batch on)."""
+        oldest = book.open_batch
+        market = book.market.id
+        for party in self.parties.values():
+            for open_order in party.state.open_orders:
+                order = open_order.order
+                if order.market == market and open_order.first_batch < oldest and now < order.expiration * 3600:
+                    oldest = open_order.first_batch
+        return oldest
 
     async def start(self) -> None:
         await on_chain(self.chain, self._approve)
@@ -956,6 +984,8 @@ class BrokerAgent:
         crash_point("broker.batch.stored")
         book.open_batch = batch + 1
         book.history.append(StoredBatchPrice(self.address, price, signature))
+        if len(book.history) >= book.forget_at:
+            book.forget_before(self._oldest_needed_batch(book, now))
         book.last_price = clearing.price
         book.priced = True
         self._event(

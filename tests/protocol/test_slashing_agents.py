@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from offchain.agents.broker import BrokerAgent
+from offchain.agents import broker as broker_module
+from offchain.agents.broker import BrokerAgent, MarketBook
 from offchain.agents.common import on_chain
 from offchain.agents.trader import TraderAgent
 from offchain.agents.watchtower import Watchtower, WatchtowerClient, WatchtowerConfig
@@ -251,3 +252,47 @@ def test_a_trade_withheld_by_the_broker_is_filled_from_evidence_by_the_watchtowe
         await broker.stop()
 
     run(body(), timeout=60)
+
+
+def test_the_broker_keeps_in_memory_only_the_prices_an_open_order_may_need(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check for left-out orders reads the signed prices from an open order's first batch on;
+    older ones are dropped from memory (the store keeps them all), and a restarted broker loads
+    only the ones still needed."""
+    monkeypatch.setattr(broker_module, "HISTORY_KEPT", 4)
+
+    def batches(book: MarketBook) -> list[int]:
+        return [r.price.batch for r in book.history]
+
+    async def body() -> None:
+        store = MemoryStore()
+        broker = await net.broker(store=store, channel_deposit=BROKER_DEPOSIT)
+        book = broker.books[GOLD]
+        book.forget_at = 4
+        for _ in range(4):  # no order: at 4 prices, none is needed any more
+            await broker.settle_batch(GOLD)
+        assert batches(book) == [] and book.open_batch == 5
+
+        a = await net.trader(broker, "cooperative", DEPOSIT, tokens=TOKENS)
+        resting = await a.place_order(GOLD, True, UNIT, 1_000 * USD, 5 * USD)  # far below: never crossed
+        for _ in range(8):
+            await broker.settle_batch(GOLD)
+        assert batches(book) == list(range(5, 13))  # every one needed since the order's first batch
+        assert book.forget_at == 16  # checked at 4 and 8 prices, all needed: next at 16
+
+        adjudicator, token = broker.adjudicator.address, broker.token.address
+        restarted = BrokerAgent(broker.signer, store, net.chain, adjudicator, token, broker.config)
+        assert batches(restarted.books[GOLD]) == list(range(5, 13))  # not from batch 1
+
+        await a.cancel_order(resting)
+        for _ in range(7):
+            await broker.settle_batch(GOLD)
+        assert batches(book) == list(range(5, 20))  # 15 prices: not checked again before 16
+        await broker.settle_batch(GOLD)
+        assert batches(book) == [] and book.forget_at == 4  # no open order needs any
+        assert [r.price.batch for r in store.batch_prices_between(broker.address, GOLD, 1, 100)] == list(range(1, 21))
+        await a.stop()
+        await broker.stop()
+
+    run(body(), timeout=90)
