@@ -289,9 +289,24 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     /// @param amount Token base units to transfer from the caller.
     function deposit(ChannelHeader calldata header, address participant, uint256 amount) external nonReentrant {
         bytes32 channelId = _channelId(header);
-        bool toTrader = participant == header.trader;
-        if (!toTrader && participant != header.broker) revert NotParticipant(participant);
-        if (amount == 0) revert ZeroDeposit();
+        address trader;
+        address broker;
+        address token;
+        assembly ("memory-safe") {
+            // Already checked clean by `_channelId`.
+            trader := calldataload(header)
+            broker := calldataload(add(header, 0x20))
+            token := calldataload(add(header, 0x40))
+        }
+        // One branch for the checks that pass (`_refuseDeposit` says which one failed).
+        bool toTrader = participant == trader;
+        bool isParty;
+        bool refused;
+        assembly ("memory-safe") {
+            isParty := or(toTrader, eq(participant, broker))
+            refused := or(iszero(isParty), iszero(amount))
+        }
+        if (refused) _refuseDeposit(participant, isParty);
         // The channel's packed slot, read once and written once (see `Channel` for the layout).
         uint256 slot = _channelSlot(channelId);
         uint256 word;
@@ -302,32 +317,48 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         if (stage != Stage.Open) _requireOpen(channelId, stage);
 
         // Fee-on-transfer tokens: credit what actually arrived.
-        address token = header.token;
         uint256 balanceBefore = _balanceOfSelf(token);
         IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
-        uint256 received = _balanceOfSelf(token) - balanceBefore;
-        if (received == 0) revert ZeroDeposit();
+        uint256 balanceAfter = _balanceOfSelf(token);
 
         uint256 traderDeposit = uint64(word);
         uint256 brokerDeposit = uint64(word >> BROKER_DEPOSIT_OFFSET);
-        uint256 holdings = traderDeposit + brokerDeposit + received;
-        if (holdings > MAX_CHANNEL_HOLDINGS) revert DepositOutOfBounds(holdings);
-        uint256 participantTotal;
-        // Both deposits and their sum stay below 2^63 (checked just above), so neither the new
-        // total nor the packed 64-bit field it is added to can overflow.
+        uint256 received;
+        uint256 holdings;
+        uint256 cap = MAX_CHANNEL_HOLDINGS;
         unchecked {
-            if (toTrader) {
-                participantTotal = traderDeposit + received;
-                word += received;
-            } else {
-                participantTotal = brokerDeposit + received;
-                word += received << BROKER_DEPOSIT_OFFSET;
-            }
+            // Wraps only when the balance fell or grew by nearly 2^256: both refused just below.
+            received = balanceAfter - balanceBefore;
+            holdings = traderDeposit + brokerDeposit + received;
+        }
+        assembly ("memory-safe") {
+            refused := or(iszero(gt(balanceAfter, balanceBefore)), or(gt(holdings, cap), lt(holdings, received)))
+        }
+        if (refused) _refuseReceipt(balanceBefore, balanceAfter, traderDeposit + brokerDeposit);
+        // Both deposits and their sum stay below 2^63 (checked just above), so the packed 64-bit
+        // field the amount is added to cannot carry into its neighbour.
+        uint256 shift = toTrader ? 0 : BROKER_DEPOSIT_OFFSET;
+        unchecked {
+            word += received << shift;
         }
         assembly ("memory-safe") {
             sstore(slot, word)
         }
-        emit Deposited(channelId, participant, received, participantTotal);
+        emit Deposited(channelId, participant, received, uint64(word >> shift));
+    }
+
+    /// @dev Why `deposit` refused its arguments: not a party, else a zero amount.
+    function _refuseDeposit(address participant, bool isParty) internal pure {
+        if (!isParty) revert NotParticipant(participant);
+        revert ZeroDeposit();
+    }
+
+    /// @dev Why `deposit` refused what arrived, with checked arithmetic: a balance that fell
+    /// (panic 0x11), nothing received, or holdings above the cap (panic 0x11 if they overflow).
+    function _refuseReceipt(uint256 balanceBefore, uint256 balanceAfter, uint256 held) internal pure {
+        uint256 received = balanceAfter - balanceBefore;
+        if (received == 0) revert ZeroDeposit();
+        revert DepositOutOfBounds(held + received);
     }
 
     // ------------------------------------------------------------------ cooperative close
@@ -720,10 +751,35 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     }
 
     /// @dev The channel id of a header in calldata, after checking it (see `_checkHeader`). The
-    /// header's seven words are hashed where they lie: reading each checked field has already
-    /// made the ABI decoder reject an address with dirty upper bits.
+    /// header's seven words are hashed where they lie, after its three addresses are checked
+    /// clean as the ABI decoder would (dirty upper bits revert without data), so the hashed words
+    /// are exactly the checked values. The checks that pass cost one branch.
     function _channelId(ChannelHeader calldata h) internal view returns (bytes32 id) {
-        _checkHeader(h.trader, h.broker, h.token, h.challengeDuration, h.marketCount);
+        address trader;
+        address broker;
+        address token;
+        uint256 challengeDuration;
+        uint256 marketCount;
+        uint256 minDuration = MIN_CHALLENGE_DURATION;
+        uint256 durationSpan = MAX_CHALLENGE_DURATION - MIN_CHALLENGE_DURATION;
+        uint256 maxMarkets = MAX_MARKETS;
+        bool refused;
+        assembly ("memory-safe") {
+            trader := calldataload(h)
+            broker := calldataload(add(h, 0x20))
+            token := calldataload(add(h, 0x40))
+            // As the ABI decoder: an address with dirty upper bits reverts without data.
+            if shr(160, or(or(trader, broker), token)) { revert(0, 0) }
+            challengeDuration := calldataload(add(h, 0x60))
+            marketCount := calldataload(add(h, 0xa0))
+            // `_checkHeader`'s conditions in one expression (the duration's range by one
+            // wrapping subtraction); `_checkHeader` then says which one failed.
+            refused := or(
+                or(or(iszero(trader), iszero(broker)), or(eq(trader, broker), iszero(token))),
+                or(gt(sub(challengeDuration, minDuration), durationSpan), gt(marketCount, maxMarkets))
+            )
+        }
+        if (refused) _checkHeader(trader, broker, token, challengeDuration, marketCount);
         assembly ("memory-safe") {
             let ptr := mload(0x40)
             mstore(ptr, chainid())
