@@ -414,7 +414,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         bytes calldata traderSignature,
         bytes calldata brokerSignature,
         bytes calldata authorization
-    ) external {
+    ) external nonReentrant {
         bytes32 channelId = _channelId(header);
         _requireChallenger(channelId, header, authorization);
         Channel memory c = _channels[channelId];
@@ -435,7 +435,10 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     /// before the version-0 state was co-signed are never locked.
     /// @param header The channel's parameters (markets by count and hash).
     /// @param authorization As in `challenge`.
-    function challengeWithoutState(ChannelHeader calldata header, bytes calldata authorization) external {
+    function challengeWithoutState(ChannelHeader calldata header, bytes calldata authorization)
+        external
+        nonReentrant
+    {
         bytes32 channelId = _channelId(header);
         _requireChallenger(channelId, header, authorization);
         Channel memory c = _channels[channelId];
@@ -462,7 +465,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         State calldata state,
         bytes calldata traderSignature,
         bytes calldata brokerSignature
-    ) external {
+    ) external nonReentrant {
         bytes32 channelId = _channelId(header);
         Channel memory c = _channels[channelId];
         _requireDisputed(channelId, c);
@@ -546,7 +549,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         State calldata state,
         BatchPrice[] calldata prices,
         bytes[] calldata signatures
-    ) external {
+    ) external nonReentrant {
         bytes32 channelId = _channelIdOf(_header(params));
         Channel memory c = _channels[channelId];
         _requireDisputed(channelId, c);
@@ -602,7 +605,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         bytes calldata firstSignature,
         BatchPrice calldata second,
         bytes calldata secondSignature
-    ) external {
+    ) external nonReentrant {
         if (slashedAt[broker] != 0) revert BrokerAlreadySlashed(broker);
         if (first.market != second.market || first.batch != second.batch) revert DifferentBatches();
         if (first.price == second.price) revert SamePrice();

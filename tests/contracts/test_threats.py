@@ -168,6 +168,43 @@ def test_a_token_that_re_enters_deposit_is_refused_and_the_deposit_counts_once(
     assert balance(token, adjudicator.address) == 1_000 * USD
 
 
+@pytest.mark.parametrize("reentry", ["challenge", "challenge without state"])
+def test_a_token_that_re_enters_a_challenge_during_a_deposit_is_refused(
+    w: World, reentrant_artifact: dict[str, Any], reentry: str
+) -> None:
+    """From inside the deposit's transferFrom, the token challenges the same channel (with an
+    authorization a participant signed for it). ``deposit`` writes back the channel's packed word
+    it read before the transfer, so a challenge landing in between would be overwritten: the
+    channel open again, its registration left behind. The challenge is refused; the deposit
+    counts, the channel stays open, and the same challenge afterwards goes through."""
+    adjudicator = w.sb.adjudicator
+    token, params = reentrant_channel(w, reentrant_artifact)
+    w.fund(params)
+    agent = Address(token.address)
+    authorization = w.trader.signer.sign(w.sb.domain, ChallengeAuthorization(params.channel_id, agent))
+    signed = w.sign(w.plain(params, 1))
+    header = params.header().as_abi()
+    calls = {
+        "challenge": (
+            "challenge",
+            [header, signed.state.as_abi(), signed.trader_signature, signed.broker_signature, authorization],
+        ),
+        "challenge without state": ("challengeWithoutState", [header, authorization]),
+    }
+    name, args = calls[reentry]
+    w.sb.deployer.transactor.transact(token.functions.arm(adjudicator.address, adjudicator.contract.encode_abi(name, args)))
+
+    adjudicator.deposit(fast(w.broker), params, w.broker.address, 1_000 * USD)
+
+    assert token.functions.attempts().call() == 1
+    assert token.functions.lastSucceeded().call() is False
+    assert token.functions.lastError().call() == REENTRANCY_ERROR
+    status = adjudicator.status(params.channel_id)
+    assert status.stage == Stage.OPEN and status.broker_deposit == BROKER_DEPOSIT + 1_000 * USD
+    adjudicator.challenge(fast(w.trader), params, signed)
+    assert adjudicator.status(params.channel_id).stage == Stage.DISPUTED
+
+
 @pytest.mark.parametrize("reentry", ["conclude another channel", "withdraw", "close again"])
 def test_a_token_that_re_enters_during_a_payout_is_refused_and_pays_once(
     w: World, reentrant_artifact: dict[str, Any], reentry: str
