@@ -207,8 +207,8 @@ def test_a_missing_deployment_says_to_deploy(command: list[str], node: Anvil, tm
     ("args", "message"),
     [
         (["--network", "Bad Name", "--dev-account", "0"], "tchan: deployment: network name 'Bad Name'"),
-        (["--network", "x", "--dev-account", "-1"], "tchan: invalid_input: --dev-account must be 0 to 9"),
-        (["--network", "x", "--dev-account", "10"], "tchan: invalid_input: --dev-account must be 0 to 9"),
+        (["--network", "x", "--dev-account", "-1"], "tchan: invalid_input: --dev-account must be 0 to 999"),
+        (["--network", "x", "--dev-account", "1000"], "tchan: invalid_input: --dev-account must be 0 to 999"),
         (["--network", "x"], "tchan: invalid_input: choose a key"),
         (["--network", "x", "--mint", "-5", "--dev-account", "0"], "tchan: invalid_input: --mint must not be"),
     ],

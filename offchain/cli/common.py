@@ -49,6 +49,8 @@ LOCAL_RPC = "http://127.0.0.1:8545"
 CONFIG_FILE = "tchan.toml"
 CONFIG_ENV = "TCHAN_CONFIG"
 DEV_ACCOUNTS = 10  # anvil's default number of funded accounts
+MAX_DEV_ACCOUNTS = 1000
+"""Dev accounts ``tchan localnet --accounts`` can fund, and ``--dev-account N`` can choose."""
 
 
 # --------------------------------------------------------------------------- arguments
@@ -74,7 +76,11 @@ def add_key_args(p: argparse.ArgumentParser, who: str = "the account") -> None:
     p.add_argument("--keystore", metavar="FILE", help=f"encrypted keystore JSON of {who}")
     p.add_argument("--password-file", metavar="FILE", help="file holding the keystore password (default: prompt)")
     p.add_argument(
-        "--dev-account", type=int, metavar="N", help="use anvil's dev account N, 0-9 (local anvil chains only)"
+        "--dev-account",
+        type=int,
+        metavar="N",
+        help="use anvil's dev account N (local anvil chains only; 0-9 are funded by default, more with "
+        "`tchan localnet --accounts`)",
     )
 
 
@@ -227,8 +233,8 @@ def load_key(args: argparse.Namespace, chain_id: int) -> bytes:
             raise KeystoreError(f"cannot open keystore {args.keystore}: {reason}") from exc
         return key
     if args.dev_account is not None:
-        if not 0 <= args.dev_account < DEV_ACCOUNTS:
-            raise ValidationError(f"--dev-account must be 0 to {DEV_ACCOUNTS - 1}, got {args.dev_account}")
+        if not 0 <= args.dev_account < MAX_DEV_ACCOUNTS:
+            raise ValidationError(f"--dev-account must be 0 to {MAX_DEV_ACCOUNTS - 1}, got {args.dev_account}")
         if chain_id != ANVIL_CHAIN_ID:
             raise ValidationError(
                 f"--dev-account is for local anvil chains (chain id {ANVIL_CHAIN_ID}), not chain id {chain_id}: "

@@ -18,11 +18,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from offchain.cli.common import ANVIL_CHAIN_ID, ANVIL_MNEMONIC, DEV_ACCOUNTS, LOCAL_RPC, Output, table
+from offchain.cli.common import ANVIL_CHAIN_ID, ANVIL_MNEMONIC, DEV_ACCOUNTS, LOCAL_RPC, MAX_DEV_ACCOUNTS, Output, table
 from offchain.errors import ChainError, ValidationError
 
 DEFAULT_PORT = 8545
-MAX_ACCOUNTS = 1000
+MAX_ACCOUNTS = MAX_DEV_ACCOUNTS
 MAX_BALANCE_ETH = 10**12  # whole ether per account; far beyond any test, well inside uint256
 WEI_PER_ETH = 10**18
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
@@ -182,7 +182,7 @@ def report(
             table(rows, ("index", "address", "private key", "balance (ETH)")),
             "",
             warning,
-            f"use them with --dev-account N (0 to {min(len(accounts), DEV_ACCOUNTS) - 1}), "
+            f"use them with --dev-account N (0 to {len(accounts) - 1}), "
             'e.g. tchan deploy --dev-account 0 --feed "XAU / USD"',
         ]
         if args.chain_id != ANVIL_CHAIN_ID:
@@ -216,7 +216,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         default=DEV_ACCOUNTS,
         metavar="N",
         help=f"number of funded dev accounts, 1 to {MAX_ACCOUNTS} (default: {DEV_ACCOUNTS}; "
-        f"--dev-account reaches the first {DEV_ACCOUNTS})",
+        "--dev-account N reaches each of them)",
     )
     p.add_argument(
         "--balance",

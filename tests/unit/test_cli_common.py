@@ -108,8 +108,9 @@ def test_dev_accounts_only_on_anvil_and_in_range() -> None:
     assert dev_account_key(0).hex() == "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
     with pytest.raises(ValidationError, match="local anvil chains"):
         load_key(namespace(dev_account=1), 1)
-    with pytest.raises(ValidationError, match="0 to 9"):
-        load_key(namespace(dev_account=10), 31337)
+    assert load_key(namespace(dev_account=999), 31337) == dev_account_key(999)  # tchan localnet --accounts 1000
+    with pytest.raises(ValidationError, match="0 to 999"):
+        load_key(namespace(dev_account=1000), 31337)
     with pytest.raises(ValidationError, match="choose a key"):
         load_key(namespace(), 31337)
 
