@@ -332,6 +332,9 @@ class TokenClient:
     def decimals(self) -> int:
         return int(self.contract.functions.decimals().call())
 
+    def symbol(self) -> str:
+        return str(self.contract.functions.symbol().call())
+
     def approve(self, sender: Transactor, spender: Address, amount: int) -> TxReceipt:
         return sender.transact(self.contract.functions.approve(spender, amount))
 

@@ -33,6 +33,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from math import gcd
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -245,6 +246,39 @@ def load_key(args: argparse.Namespace, chain_id: int) -> bytes:
 
 
 # --------------------------------------------------------------------------- output
+
+APPROX_PLACES = 8
+"""Digits shown for a ratio that has no finite decimal expansion."""
+
+
+def format_fraction(numerator: int, denominator: int, min_places: int = 0) -> str:
+    """``numerator / denominator`` as a decimal: exact when it has a finite expansion (padded to
+    ``min_places``), else rounded half up to :data:`APPROX_PLACES` places with a ``~`` in front."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    sign = "-" if numerator < 0 else ""
+    numerator = abs(numerator)
+    reduced = denominator // gcd(numerator, denominator)
+    twos = fives = 0
+    while reduced % 2 == 0:
+        reduced //= 2
+        twos += 1
+    while reduced % 5 == 0:
+        reduced //= 5
+        fives += 1
+    exact = reduced == 1
+    places = max(twos, fives, min_places) if exact else max(APPROX_PLACES, min_places)
+    quotient, remainder = divmod(numerator * 10**places, denominator)
+    if not exact and 2 * remainder >= denominator:
+        quotient += 1
+    whole, fraction = divmod(quotient, 10**places)
+    digits = str(fraction).rjust(places, "0") if places else ""
+    if not exact:
+        digits = digits.rstrip("0").ljust(min_places, "0")
+    text = f"{whole}.{digits}" if digits else str(whole)
+    if sign and text.strip("0.") == "":
+        sign = ""
+    return ("" if exact else "~") + sign + text
 
 
 def jsonable(value: Any) -> Any:

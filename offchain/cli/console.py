@@ -40,10 +40,9 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from math import gcd
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Final
 
-from offchain.cli.common import Output, jsonable, table
+from offchain.cli.common import Output, format_fraction, jsonable, table
 from offchain.engine.rules import accepts_price, lock_needed, position_value
 from offchain.errors import TradingChannelsError, ValidationError
 from offchain.model import MAX_AMOUNT, MAX_BALANCE, ChannelParams, ChannelState, Market, OpenOrder, parse_decimal
@@ -58,7 +57,6 @@ MAX_QUANTITY_CHARS: Final = 80
 MAX_WAIT_BATCHES: Final = 1000
 MAX_WAIT_SECONDS: Final = 3600
 DEFAULT_WAIT_FILLED_SECONDS: Final = 60
-APPROX_PLACES: Final = 8  # digits shown for a ratio that has no finite decimal expansion
 WATCH_SECONDS: Final = 1.0  # the background watcher looks at least this often
 STATUS_EVENTS: Final = 5  # the agent's latest events that `status` shows
 FLOWS: Final = {
@@ -158,36 +156,6 @@ def to_base_units(quantity: Quantity, scale: int, what: str) -> int:
     if numerator % denominator:
         raise ValidationError(f"{what} {quantity} is off the grid: it takes {grid_of(scale)}")
     return numerator // denominator
-
-
-def format_fraction(numerator: int, denominator: int, min_places: int = 0) -> str:
-    """``numerator / denominator`` as a decimal: exact when it has a finite expansion (padded to
-    ``min_places``), else rounded half up to :data:`APPROX_PLACES` places with a ``~`` in front."""
-    if denominator <= 0:
-        raise ValueError("denominator must be positive")
-    sign = "-" if numerator < 0 else ""
-    numerator = abs(numerator)
-    reduced = denominator // gcd(numerator, denominator)
-    twos = fives = 0
-    while reduced % 2 == 0:
-        reduced //= 2
-        twos += 1
-    while reduced % 5 == 0:
-        reduced //= 5
-        fives += 1
-    exact = reduced == 1
-    places = max(twos, fives, min_places) if exact else max(APPROX_PLACES, min_places)
-    quotient, remainder = divmod(numerator * 10**places, denominator)
-    if not exact and 2 * remainder >= denominator:
-        quotient += 1
-    whole, fraction = divmod(quotient, 10**places)
-    digits = str(fraction).rjust(places, "0") if places else ""
-    if not exact:
-        digits = digits.rstrip("0").ljust(min_places, "0")
-    text = f"{whole}.{digits}" if digits else str(whole)
-    if sign and text.strip("0.") == "":
-        sign = ""
-    return ("" if exact else "~") + sign + text
 
 
 # --------------------------------------------------------------------------- commands

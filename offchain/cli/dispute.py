@@ -41,10 +41,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offchain.cli.common import Output, add_key_args, add_network_args, load_key, open_deployment, table
+from offchain.cli.common import (
+    Output,
+    add_key_args,
+    add_network_args,
+    format_fraction,
+    load_key,
+    open_deployment,
+    table,
+)
 from offchain.errors import ChainError, DeploymentError, ValidationError, WrongChainError
 
 if TYPE_CHECKING:
@@ -54,7 +63,7 @@ if TYPE_CHECKING:
     from offchain.chain.connection import Chain, Transactor
     from offchain.chain.deploy import Deployment
     from offchain.eip712 import Domain
-    from offchain.model import ChannelParams, ChannelState
+    from offchain.model import ChannelParams, ChannelState, OpenOrder
     from offchain.settlement import Evidence
     from offchain.signing import CoSignedState
     from offchain.store import ChannelRecord, Store, StoredBatchPrice
@@ -367,6 +376,67 @@ def _estimate_at(chain: Chain, sender: Transactor, fn: Any, at: int) -> int | No
 # --------------------------------------------------------------------------- one channel of one store
 
 
+MAX_TOKEN_DECIMALS = 36
+"""The most decimals a token may declare for its amounts to be shown in whole tokens."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUnits:
+    """How the people's output of these commands shows token amounts: in whole tokens by the
+    token's ``decimals()``, with the base units beside an amount that stands alone (``--json``
+    carries base units only). A token whose ``decimals()`` does not answer, or answers beyond
+    :data:`MAX_TOKEN_DECIMALS`, is shown in base units."""
+
+    decimals: int | None
+    symbol: str
+
+    @classmethod
+    def of(cls, chain: Chain, token: Address) -> TokenUnits:
+        from web3.exceptions import Web3Exception
+
+        from offchain.chain.client import TokenClient
+
+        client = TokenClient(chain, token)
+        decimals: int | None
+        try:
+            decimals = client.decimals()  # optional in ERC-20
+        except Web3Exception:
+            decimals = None
+        if decimals is not None and not 0 <= decimals <= MAX_TOKEN_DECIMALS:
+            decimals = None
+        try:
+            symbol = client.symbol()  # optional too, and not always a string
+        except Web3Exception:
+            symbol = ""
+        if not (0 < len(symbol) <= 16 and symbol.isascii() and symbol.isprintable() and " " not in symbol):
+            symbol = "tokens"
+        return cls(decimals, symbol)
+
+    def number(self, amount: int) -> str:
+        """``amount`` in whole tokens, without the symbol (``5000.00``), for a table."""
+        if self.decimals is None:
+            return str(amount)
+        return format_fraction(amount, 10**self.decimals, min(2, self.decimals))
+
+    def short(self, amount: int) -> str:
+        """``5000.00 tUSD``: whole tokens and the symbol (a price, a figure inside a sentence)."""
+        if self.decimals is None:
+            return f"{amount} base units"
+        return f"{self.number(amount)} {self.symbol}"
+
+    def __call__(self, amount: int) -> str:
+        """``5000.00 tUSD (5000000000)``: whole tokens and the exact base units."""
+        if self.decimals is None:
+            return f"{amount} base units"
+        return f"{self.number(amount)} {self.symbol} ({amount})"
+
+    def legend(self) -> str:
+        """What the numbers of a table are."""
+        if self.decimals is None:
+            return "amounts in the token's base units (it declares no decimals)"
+        return f"amounts in {self.symbol} ({self.decimals} decimals); --json gives base units"
+
+
 @dataclass
 class Session:
     """What a dispute command works with: the node, the deployment, a store and one of its channels."""
@@ -389,6 +459,18 @@ class Session:
     @property
     def domain(self) -> Domain:
         return self.adjudicator.domain
+
+    @cached_property
+    def units(self) -> TokenUnits:
+        """How to show the channel's token amounts (asks the token once)."""
+        return TokenUnits.of(self.chain, self.params.token)
+
+    def synthetic(self, market: int, amount: int) -> str:
+        """``amount`` of ``market``'s asset in whole units (by the market's resolution)."""
+        for m in self.params.markets:
+            if m.id == market:
+                return format_fraction(amount, m.resolution)
+        return str(amount)
 
     @property
     def role(self) -> str:
@@ -819,6 +901,7 @@ def conclude_command(args: argparse.Namespace) -> int:
             raise WrongStageError(f"channel {hex_id(s.channel_id)} has concluded already")
         slashed = s.adjudicator.slashed_at(s.params.broker)
         sender = s.sender(args)
+        registered_orders: tuple[OpenOrder, ...] = ()
         if slashed is not None:
             receipt = send(
                 s.chain, sender, s.adjudicator.contract.functions.concludeSlashed(s.params.header().as_abi())
@@ -828,6 +911,7 @@ def conclude_command(args: argparse.Namespace) -> int:
             require_stage(s, status, "disputed", "conclude")
             if status.kind == RegistrationKind.FINGERPRINT:
                 state = s.require_registered_state(status).state
+                registered_orders = state.open_orders
                 fn = s.adjudicator.contract.functions.concludeWithState(s.params.as_abi(), state.as_abi())
                 how = f"concludeWithState with the registered version {state.version}"
             else:
@@ -854,22 +938,26 @@ def conclude_command(args: argparse.Namespace) -> int:
         lambda: "\n".join(
             [
                 f"concluded channel {hex_id(s.channel_id)} ({how})",
-                f"  trader {s.params.trader}: {result['to_trader']}",
-                f"  broker {s.params.broker}: {result['to_broker']}",
+                f"  trader {s.params.trader}: {s.units(result['to_trader'])}",
+                f"  broker {s.params.broker}: {s.units(result['to_broker'])}",
             ]
             + (["  underfunded: every deposit went back to whoever made it"] if result["underfunded"] else [])
+            + [f"  order {f['orderIndex']} filled by evidence: {fill_text(s, registered_orders, f)}" for f in fills]
             + [
-                f"  order {f['orderIndex']} filled by evidence: {f['amount']} at {f['price']} (batch {f['batch']})"
-                for f in fills
-            ]
-            + [
-                f"  the token refused to pay {d['account']}: {d['amount']} is waiting for `tchan withdraw`"
+                f"  the token refused to pay {d['account']}: {s.units(d['amount'])} is waiting for `tchan withdraw`"
                 for d in result["deferred"]
             ]
             + [f"  {tx_line(result)}"]
         ),
     )
     return 0
+
+
+def fill_text(s: Session, orders: tuple[OpenOrder, ...], fill: dict[str, Any]) -> str:
+    """An ``OrderFilledByEvidence`` event for people: ``0.5 at 1995.00 tUSD (batch 2)``."""
+    index, amount = int(fill["orderIndex"]), int(fill["amount"])
+    size = s.synthetic(orders[index].order.market, amount) if index < len(orders) else f"{amount} base units"
+    return f"{size} at {s.units.short(int(fill['price']))} (batch {fill['batch']})"
 
 
 def wait_and_conclude(s: Session, status: OnChainChannel, sender: Transactor, fn: Any, wait: bool) -> TxReceipt:
@@ -954,6 +1042,7 @@ def withdraw_command(args: argparse.Namespace) -> int:
         raise ChainError(f"transaction 0x{bytes(receipt['transactionHash']).hex()} was mined without a Withdrawn event")
     paid = int(withdrawn[0]["amount"])
     balance = int(TokenClient(chain, token).balance_of(recipient))
+    units = TokenUnits.of(chain, token)
     result = {
         "command": "withdraw",
         "sender": sender.address,
@@ -971,8 +1060,8 @@ def withdraw_command(args: argparse.Namespace) -> int:
         result,
         lambda: "\n".join(
             [
-                f"withdrew {paid} of token {token} for {account} to {recipient}",
-                f"  {recipient} now holds {balance}",
+                f"withdrew {units(paid)} of token {token} for {account} to {recipient}",
+                f"  {recipient} now holds {units(balance)}",
                 f"  {tx_line(result)}",
             ]
         ),
@@ -1130,7 +1219,7 @@ def prove_left_out_order_command(args: argparse.Namespace) -> int:
             [
                 f"proved with version {signed.state.version} that the broker left out order {index} "
                 f"(nonce {order.nonce}), crossed by batch {price.price.batch} at {price.price.price}",
-                f"  the trader takes the channel: {result['to_trader']} to {s.params.trader}",
+                f"  the trader takes the channel: {s.units(result['to_trader'])} to {s.params.trader}",
                 f"  {tx_line(result)}",
             ]
         ),
@@ -1231,8 +1320,13 @@ def store_view(s: Session) -> dict[str, Any]:
 def show_text(s: Session, chain: dict[str, Any], held: dict[str, Any]) -> str:
     """``channel show`` for people: the chain and the store side by side."""
 
+    u = s.units
+
     def text(value: Any) -> str:
         return "-" if value is None else str(value)
+
+    def tokens(value: Any) -> str:
+        return "-" if value is None else u.number(int(value))
 
     def at(value: int | None) -> str:
         if value is None:
@@ -1251,17 +1345,20 @@ def show_text(s: Session, chain: dict[str, Any], held: dict[str, Any]) -> str:
             f"{registered} registered ({kind})" if registered is not None else ("-" if kind == "none" else kind),
             f"{held['version']} newest co-signed" if held["version"] is not None else "none co-signed",
         ),
-        ("trader deposit", str(chain["trader_deposit"]), text(balances.get("trader_deposit"))),
-        ("broker deposit", str(chain["broker_deposit"]), text(balances.get("broker_deposit"))),
-        ("trader available", "-", text(balances.get("trader_available"))),
-        ("trader locked", "-", text(balances.get("trader_locked"))),
-        ("broker available", "-", text(balances.get("broker_available"))),
+        ("trader deposit", tokens(chain["trader_deposit"]), tokens(balances.get("trader_deposit"))),
+        ("broker deposit", tokens(chain["broker_deposit"]), tokens(balances.get("broker_deposit"))),
+        ("trader available", "-", tokens(balances.get("trader_available"))),
+        ("trader locked", "-", tokens(balances.get("trader_locked"))),
+        ("broker available", "-", tokens(balances.get("broker_available"))),
     ]
     for outcome in held.get("outcomes", []):
-        rows.append((f"market {outcome['market']} position", "-", str(outcome["position"])))
+        position = s.synthetic(outcome["market"], outcome["position"])
+        rows.append((f"market {outcome['market']} position", "-", position))
         rows.append((f"market {outcome['market']} last batch", "-", str(outcome["last_batch"])))
     for price in held["latest_prices"]:
-        rows.append((f"market {price['market']} latest price", "-", f"{price['price']} (batch {price['batch']})"))
+        rows.append(
+            (f"market {price['market']} latest price", "-", f"{tokens(price['price'])} (batch {price['batch']})")
+        )
     plural = "" if evidence is not None and len(evidence) == 1 else "s"
     evidence_text = "unknown" if evidence is None else f"for {len(evidence)} order{plural}" if evidence else "none"
     rows += [
@@ -1270,8 +1367,8 @@ def show_text(s: Session, chain: dict[str, Any], held: dict[str, Any]) -> str:
         ("refutation end", at(chain["refutation_end"]), "-"),
         ("deadline", at(chain["deadline"]), "-"),
         ("broker slashed", at(chain["broker_slashed_at"]) if chain["broker_slashed_at"] else "no", "-"),
-        ("withdrawable trader", str(chain["withdrawable"]["trader"]), "-"),
-        ("withdrawable broker", str(chain["withdrawable"]["broker"]), "-"),
+        ("withdrawable trader", tokens(chain["withdrawable"]["trader"]), "-"),
+        ("withdrawable broker", tokens(chain["withdrawable"]["broker"]), "-"),
     ]
     p = s.params
     lines = [
@@ -1279,6 +1376,7 @@ def show_text(s: Session, chain: dict[str, Any], held: dict[str, Any]) -> str:
         f"  trader {p.trader}  broker {p.broker}",
         f"  token {p.token}  challenge duration {p.challenge_duration} s",
         f"  latest block at {when(chain['block_time'])}",
+        f"  {u.legend()}",
         "",
         table(rows, ("", "on-chain", f"store ({held['role']})")),
     ]
@@ -1290,11 +1388,11 @@ def show_text(s: Session, chain: dict[str, Any], held: dict[str, Any]) -> str:
                 str(o["nonce"]),
                 str(o["market"]),
                 o["side"],
-                str(o["amount_synthetic"]),
-                str(o["amount_collateral"]),
-                str(o["filled"]),
+                s.synthetic(o["market"], o["amount_synthetic"]),
+                tokens(o["amount_collateral"]),
+                s.synthetic(o["market"], o["filled"]),
                 str(o["first_batch"]),
-                f"{by_index[o['index']]['price']} (batch {by_index[o['index']]['batch']})"
+                f"{tokens(by_index[o['index']]['price'])} (batch {by_index[o['index']]['batch']})"
                 if o["index"] in by_index and registered == held["version"]
                 else "-",
             )
@@ -1304,7 +1402,7 @@ def show_text(s: Session, chain: dict[str, Any], held: dict[str, Any]) -> str:
         lines += ["", f"open orders of version {held['version']}:", table(order_rows, header)]
     if evidence and registered != held["version"]:
         lines += ["", f"evidence for the registered version {registered}:"]
-        lines += [f"  order {e['order_index']}: batch {e['batch']} at {e['price']}" for e in evidence]
+        lines += [f"  order {e['order_index']}: batch {e['batch']} at {u.short(e['price'])}" for e in evidence]
     return "\n".join(lines)
 
 

@@ -363,7 +363,8 @@ def test_stale_challenge_refuted_concluded_after_waiting_and_withdrawn_by_both(w
     assert f"channel {c.id}" in after.stdout and "4 newest co-signed" in after.stdout
     rows = {line.split("  ")[0]: line.split() for line in after.stdout.splitlines()}
     assert rows["stage"][1:] == ["concluded", "open"] and "store (broker)" in after.stdout
-    assert rows["withdrawable trader"][-2:] == ["0", "-"] and rows["withdrawable broker"][-2:] == ["0", "-"]
+    assert rows["withdrawable trader"][-2:] == ["0.00", "-"] and rows["withdrawable broker"][-2:] == ["0.00", "-"]
+    assert "amounts in BLK (6 decimals); --json gives base units" in after.stdout  # the token's own
 
 
 def test_a_dispute_by_hand_on_the_stores_of_real_agents(w: World) -> None:

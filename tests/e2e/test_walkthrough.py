@@ -37,7 +37,7 @@ import pytest
 from offchain.chain.client import AdjudicatorClient, PriceFeedClient, Stage, TokenClient
 from offchain.chain.connection import rpc_chain
 from offchain.chain.deploy import load_deployment
-from offchain.cli.common import LOCAL_RPC, dev_account_key
+from offchain.cli.common import LOCAL_RPC, dev_account_key, format_fraction
 from offchain.settlement import OraclePrice, payouts
 from offchain.store import open_store
 from tests.e2e.trading_helpers import TCHAN
@@ -248,9 +248,10 @@ def check_the_story(directory: Path, terminals: dict[int, Terminal], outputs: di
         {1: OraclePrice(gold.latest().answer, gold.decimals())},  # gold: the only market alice holds
         token.decimals(),
     )
-    paid = re.search(r"trader 0x[0-9a-fA-F]{40}: (\d+)", outputs["conclude"])
+    paid = re.search(r"trader 0x[0-9a-fA-F]{40}: ([0-9.]+) tUSD \((\d+)\)", outputs["conclude"])
     assert paid is not None, outputs["conclude"]
-    assert int(paid.group(1)) == expected.to_trader
+    assert int(paid.group(2)) == expected.to_trader  # whole tokens, then the exact base units
+    assert paid.group(1) == format_fraction(expected.to_trader, 10 ** token.decimals(), 2)
     from eth_account import Account
 
     alice = Account.from_key(dev_account_key(1)).address
