@@ -152,6 +152,11 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     /// @notice Payouts the token refused to push, claimable with `withdraw`.
     mapping(address token => mapping(address account => uint256)) public withdrawable;
 
+    /// @notice Whether `participant` revoked the challenge authorizations it signed for `agent` in
+    /// the channel (`revokeChallengeAuthorizations`): the agent can no longer challenge with them.
+    mapping(bytes32 channelId => mapping(address agent => mapping(address participant => bool))) public
+        authorizationRevoked;
+
     // ------------------------------------------------------------------ events
 
     /// @notice `amount` (what actually arrived) was deposited to `participant`'s side.
@@ -173,6 +178,8 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     event PayoutDeferred(address indexed token, address indexed account, uint256 amount);
     /// @notice A deferred payout was withdrawn.
     event Withdrawn(address indexed token, address indexed account, address to, uint256 amount);
+    /// @notice `participant` revoked the challenge authorizations it signed for `agent`.
+    event ChallengeAuthorizationRevoked(bytes32 indexed channelId, address indexed agent, address indexed participant);
     /// @notice Batch `batch` of `market` at `price` is now the earliest known batch crossing open
     /// order `orderIndex` of the registered state `version`: the order fills at that price.
     event EvidenceAccepted(
@@ -228,6 +235,10 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
     error WrongSigner(address expected, address recovered);
     /// @notice The caller is not a participant and carries no valid authorisation of one.
     error NotAuthorized(address caller);
+    /// @notice `signer` revoked the challenge authorizations it signed for `agent` in this channel.
+    error AuthorizationRevoked(address agent, address signer);
+    /// @notice The caller revoked its authorizations for `agent` in this channel already.
+    error AuthorizationAlreadyRevoked(address agent);
     /// @notice The state is not marked final.
     error StateNotFinal();
     /// @notice A final state must have no open orders and no positions.
@@ -667,6 +678,21 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         _finish(channelId, params.trader, params.broker, params.token, c, uint256(c.traderDeposit) + c.brokerDeposit, false);
     }
 
+    /// @notice Revoke the challenge authorizations the caller signed for `agent` in this channel
+    /// (a watchtower it no longer uses, or whose key leaked): `agent` can no longer challenge with
+    /// them, now or later. Only a participant revokes, and only what it signed itself: the other
+    /// participant's agent keeps its authorizations. An authorization cannot be re-issued to the
+    /// same agent in the same channel.
+    /// @param header The channel's parameters (markets by count and hash).
+    /// @param agent The address the authorizations were signed for.
+    function revokeChallengeAuthorizations(ChannelHeader calldata header, address agent) external nonReentrant {
+        bytes32 channelId = _channelId(header);
+        if (msg.sender != header.trader && msg.sender != header.broker) revert NotParticipant(msg.sender);
+        if (authorizationRevoked[channelId][agent][msg.sender]) revert AuthorizationAlreadyRevoked(agent);
+        authorizationRevoked[channelId][agent][msg.sender] = true;
+        emit ChallengeAuthorizationRevoked(channelId, agent, msg.sender);
+    }
+
     /// @notice Pay out a payout the token refused to push at conclusion. Anyone may trigger the
     /// payment to `account` itself; only `account` may send it elsewhere.
     /// @param token The collateral token.
@@ -892,6 +918,7 @@ contract TradingChannelAdjudicator is EIP712, ReentrancyGuardTransient {
         address signer =
             _recover(_hashTypedDataV4(ChannelHashing.hashChallengeAuthorization(id, msg.sender)), authorization);
         if (signer != h.trader && signer != h.broker) revert NotAuthorized(msg.sender);
+        if (authorizationRevoked[id][msg.sender][signer]) revert AuthorizationRevoked(msg.sender, signer);
     }
 
     function _verifyCoSigned(

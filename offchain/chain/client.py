@@ -161,6 +161,10 @@ class AdjudicatorClient:
     def withdraw(self, sender: Transactor, token: Address, account: Address, to: Address | None = None) -> TxReceipt:
         return sender.transact(self.contract.functions.withdraw(token, account, to or account))
 
+    def revoke_challenge_authorization(self, sender: Transactor, params: ChannelParams, agent: Address) -> TxReceipt:
+        """The sender (a participant) revokes the challenge authorisations it signed for ``agent``."""
+        return sender.transact(self.contract.functions.revokeChallengeAuthorizations(params.header().as_abi(), agent))
+
     def submit_evidence(
         self,
         sender: Transactor,
@@ -274,6 +278,10 @@ class AdjudicatorClient:
 
     def withdrawable(self, token: Address, account: Address) -> TokenAmount:
         return TokenAmount(int(call_view(self.contract.functions.withdrawable(token, account))))
+
+    def authorization_revoked(self, channel_id: ChannelId, agent: Address, participant: Address) -> bool:
+        """Whether ``participant`` revoked the challenge authorisations it signed for ``agent``."""
+        return bool(call_view(self.contract.functions.authorizationRevoked(channel_id, agent, participant)))
 
     def state_digest(self, state: ChannelState) -> bytes:
         """The adjudicator's own EIP-712 digest of ``state``."""

@@ -129,6 +129,14 @@ class NotAuthorized(CustomContractError):
     """The caller is not a participant and carries no valid authorisation of one."""
 
 
+class AuthorizationRevoked(CustomContractError):
+    """The participant that signed the agent's challenge authorisation has revoked it."""
+
+
+class AuthorizationAlreadyRevoked(CustomContractError):
+    """The caller revoked its authorisations for this agent in this channel already."""
+
+
 class StateNotFinal(CustomContractError):
     """A cooperative close needs a state marked final."""
 

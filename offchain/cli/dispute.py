@@ -137,6 +137,12 @@ class NothingToWithdrawError(ValidationError):
     code = "nothing_to_withdraw"
 
 
+class AlreadyRevokedError(ValidationError):
+    """The sender revoked its authorisations for this agent in this channel already."""
+
+    code = "already_revoked"
+
+
 class NoProofError(ValidationError):
     """The store holds nothing that proves the broker cheated."""
 
@@ -602,6 +608,7 @@ RESULT_EVENTS = (
     "Concluded",
     "PayoutDeferred",
     "Withdrawn",
+    "ChallengeAuthorizationRevoked",
 )
 """The adjudicator events a command reports (a transaction's events of other channels are left out)."""
 
@@ -1227,6 +1234,41 @@ def prove_left_out_order_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- revoke an agent
+
+
+def revoke_agent_command(args: argparse.Namespace) -> int:
+    """Revoke the challenge authorisations the sender signed for an agent in the channel."""
+    out = Output.of(args)
+    agent = check_address_arg("--agent", args.agent)
+    if agent is None:
+        raise ValidationError("--agent ADDRESS is required: the agent whose authorisations to revoke")
+    with session(args, out) as s:
+        sender = s.sender(args)
+        if sender.address not in (s.params.trader, s.params.broker):
+            raise NotParticipantError(
+                f"only the channel's trader or broker revokes what it signed; {sender.address} is neither"
+            )
+        if s.adjudicator.authorization_revoked(s.channel_id, agent, sender.address):
+            raise AlreadyRevokedError(
+                f"{sender.address} revoked its authorisations for {agent} in this channel already"
+            )
+        receipt = s.adjudicator.revoke_challenge_authorization(sender, s.params, agent)
+        result = s.transaction(receipt, sender, ("ChallengeAuthorizationRevoked",))
+        result.update(command="revoke-agent", agent=agent, participant=sender.address)
+    out.result(
+        result,
+        lambda: "\n".join(
+            [
+                f"revoked the challenge authorisations {sender.address} signed for {agent} "
+                f"in channel {hex_id(s.channel_id)}: that agent can no longer challenge with them",
+                f"  {tx_line(result)}",
+            ]
+        ),
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- channel show, list
 
 
@@ -1582,6 +1624,21 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                 help="wait for the deadline (a progress line on stderr every few seconds), then conclude",
             )
         p.set_defaults(func=func)
+
+    p = _parser(
+        sub,
+        parents,
+        "revoke-agent",
+        "revoke the challenge authorisations you signed for an agent (a watchtower) in the channel",
+        "Revoke on-chain every challenge authorisation the sender (the channel's trader or broker) signed for "
+        "--agent in the channel: that agent can no longer challenge with them. Use it for a watchtower you "
+        "stopped using or whose key leaked. The other participant's authorisations are its own.",
+    )
+    add_network_args(p)
+    add_key_args(p, "the trader or the broker")
+    add_channel_args(p)
+    p.add_argument("--agent", required=True, metavar="ADDRESS", help="the agent (e.g. a watchtower's address)")
+    p.set_defaults(func=revoke_agent_command)
 
     p = _parser(
         sub,

@@ -179,6 +179,47 @@ def test_agent_challenges_with_authorization(w: World, principal: str) -> None:
     assert status.registered_version == 1
 
 
+def test_a_revoked_authorization_no_longer_lets_the_agent_challenge(w: World) -> None:
+    """The trader revokes what it signed for its old watchtower: that agent's challenge is refused,
+    with or without a state, while the broker's own agent keeps its authorization."""
+    params = w.open_channel()
+    signed = w.sign(w.plain(params, 1))
+    revoked = authorization(w, w.trader, params.channel_id, w.watchtower.address)
+    assert not w.sb.adjudicator.authorization_revoked(params.channel_id, w.watchtower.address, w.trader.address)
+
+    receipt = w.sb.adjudicator.revoke_challenge_authorization(w.trader.transactor, params, w.watchtower.address)
+    event = one(w, receipt, "ChallengeAuthorizationRevoked")
+    assert event["channelId"] == params.channel_id
+    assert same(event["agent"], w.watchtower.address) and same(event["participant"], w.trader.address)
+    assert w.sb.adjudicator.authorization_revoked(params.channel_id, w.watchtower.address, w.trader.address)
+    assert not w.sb.adjudicator.authorization_revoked(params.channel_id, w.watchtower.address, w.broker.address)
+
+    with pytest.raises(errors.AuthorizationRevoked) as exc:
+        w.sb.adjudicator.challenge(w.watchtower.transactor, params, signed, authorization=revoked)
+    assert same(exc.value.arguments["agent"], w.watchtower.address)
+    assert same(exc.value.arguments["signer"], w.trader.address)
+    with pytest.raises(errors.AuthorizationRevoked):
+        w.sb.adjudicator.challenge_without_state(w.watchtower.transactor, params, authorization=revoked)
+    assert w.sb.adjudicator.status(params.channel_id).stage == Stage.OPEN
+    with pytest.raises(errors.AuthorizationAlreadyRevoked):
+        w.sb.adjudicator.revoke_challenge_authorization(w.trader.transactor, params, w.watchtower.address)
+
+    # the broker's authorization of the same agent is the broker's to revoke, not the trader's
+    kept = authorization(w, w.broker, params.channel_id, w.watchtower.address)
+    w.sb.adjudicator.challenge(w.watchtower.transactor, params, signed, authorization=kept)
+    assert w.sb.adjudicator.status(params.channel_id).stage == Stage.DISPUTED
+
+
+def test_only_a_participant_revokes_an_authorization(w: World) -> None:
+    params = w.open_channel()
+    with pytest.raises(errors.NotParticipant):
+        w.sb.adjudicator.revoke_challenge_authorization(w.outsider.transactor, params, w.watchtower.address)
+    with pytest.raises(errors.NotParticipant):  # an agent cannot revoke itself for its principal either
+        w.sb.adjudicator.revoke_challenge_authorization(w.watchtower.transactor, params, w.watchtower.address)
+    auth = authorization(w, w.trader, params.channel_id, w.watchtower.address)
+    w.sb.adjudicator.challenge(w.watchtower.transactor, params, w.sign(w.plain(params, 1)), authorization=auth)
+
+
 def test_outsider_without_authorization_cannot_challenge(w: World) -> None:
     params = w.open_channel()
     signed = w.sign(w.plain(params, 1))

@@ -25,13 +25,14 @@ from typing import Any
 import pytest
 from web3.contract import Contract
 
+from offchain.chain import errors
 from offchain.chain.artifacts import load_artifact
 from offchain.chain.client import AdjudicatorClient, PriceFeedClient, Stage, TokenClient
 from offchain.chain.connection import Chain, Transactor, rpc_chain
 from offchain.chain.deploy import Deployment, deploy_contract
 from offchain.engine.channel import AccountDeposits, Channel, CreateOrder, Fill, Trade, Transition, apply, setup
 from offchain.localnet import Anvil
-from offchain.model import BatchPrice, ChannelParams, Market, Order, check_address
+from offchain.model import BatchPrice, ChallengeAuthorization, ChannelParams, Market, Order, check_address
 from offchain.sandbox import DEFAULT_RISK_FACTOR
 from offchain.settlement import Evidence, OraclePrice, payouts
 from offchain.signing import CoSignedState, LocalSigner, StateSigner, co_sign
@@ -513,6 +514,27 @@ def test_bad_input_is_one_line_and_sends_nothing(w: World) -> None:
     assert w.adjudicator.status(c.params.channel_id).stage == Stage.OPEN
 
 
+def test_revoke_agent_stops_an_agent_challenging_with_what_the_trader_signed(w: World) -> None:
+    """The trader revokes what it signed for a watchtower it no longer trusts: the watchtower's
+    challenge is refused on-chain; a second revocation, or one by someone else, is refused first."""
+    c = Built(w)
+    trader_db = c.write("revoke-trader")
+    agent = dev_address(CHEATER)
+    signed_before = c.trader_key.sign(w.adjudicator.domain, ChallengeAuthorization(c.params.channel_id, agent))
+    w.fails("revoke-agent", "--store", trader_db, "--agent", "0x12", code="invalid_input", account=TRADER)
+    w.fails("revoke-agent", "--store", trader_db, "--agent", agent, code="not_participant", account=OUTSIDER)
+
+    revoked = w.ok("revoke-agent", "--store", trader_db, "--agent", agent, account=TRADER)
+    assert (revoked["command"], revoked["agent"], revoked["participant"]) == ("revoke-agent", agent, c.params.trader)
+    assert [e["event"] for e in revoked["events"]] == ["ChallengeAuthorizationRevoked"]
+    assert w.adjudicator.authorization_revoked(c.params.channel_id, agent, c.params.trader)
+    w.fails("revoke-agent", "--store", trader_db, "--agent", agent, code="already_revoked", account=TRADER)
+
+    with pytest.raises(errors.AuthorizationRevoked):
+        w.adjudicator.challenge(w.tx(CHEATER), c.params, c.history[-1], authorization=signed_before)
+    assert w.adjudicator.status(c.params.channel_id).stage == Stage.OPEN
+
+
 def test_every_dispute_command_describes_each_option() -> None:
     """``tchan <command> --help`` explains every option of the dispute commands."""
     import argparse
@@ -527,7 +549,16 @@ def test_every_dispute_command_describes_each_option() -> None:
         return found
 
     top = subcommands(build_parser())
-    names = ["challenge", "refute", "evidence", "conclude", "withdraw", "prove-two-prices", "prove-left-out-order"]
+    names = [
+        "challenge",
+        "refute",
+        "evidence",
+        "conclude",
+        "withdraw",
+        "prove-two-prices",
+        "prove-left-out-order",
+        "revoke-agent",
+    ]
     parsers = {name: top[name] for name in names}
     parsers.update({f"channel {k}": v for k, v in subcommands(top["channel"]).items()})
     assert set(parsers) >= {"channel show", "channel list"}
