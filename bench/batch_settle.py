@@ -14,7 +14,9 @@ out.
 Every channel holds one order crossing the book (half buys, half sells), so every channel gets a
 Trade. Set-up (not timed): each channel is opened at version 2 (deposits and the order) by the
 real engine, both sides signing that state; the set-up is stored in one transaction, and each
-side's party is loaded back from its store, as a restarted agent does.
+side's party is loaded back from its store, as a restarted agent does; then the loaded heap is
+taken out of the garbage collector's scans, as ``tchan broker`` does once it has loaded its store
+(``offchain.agents.common.freeze_loaded_heap``).
 
 The figure is the broker's real ``settle_batch`` on ``--channels`` channels (default 10,000):
 one store transaction for the batch price, the batch's trades and every Trade proposal before
@@ -58,6 +60,7 @@ from common import (
 from web3 import Web3
 
 from offchain.agents.broker import BrokerAgent, BrokerConfig
+from offchain.agents.common import freeze_loaded_heap
 from offchain.chain.connection import Chain
 from offchain.engine.channel import AccountDeposits, Channel, CreateOrder, apply, setup
 from offchain.model import BatchPrice, ChannelParams, Market, Order
@@ -114,6 +117,7 @@ def make_broker(path: Path, n: int, first: int) -> InProcessBroker:
         party = ChannelParty.load(store, broker.state_signer, channel_id)
         broker.parties[party.channel_id] = party
         broker.traders[channel_id] = ChannelParty.load(trader_party.store, trader_party.signer, channel_id)
+    freeze_loaded_heap()  # as `tchan broker` does once it has loaded its store
     return broker
 
 

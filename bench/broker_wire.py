@@ -93,7 +93,7 @@ def channel_params(i: int, chain_id: int, adjudicator: str, token: str, broker: 
 
 def broker_process(pipe: Pipe, rpc_url: str, adjudicator: str, token: str, markets: Any, db: str) -> None:
     from offchain.agents.broker import BrokerAgent, BrokerConfig
-    from offchain.agents.common import run_loop
+    from offchain.agents.common import freeze_loaded_heap, run_loop
     from offchain.chain.connection import rpc_chain
     from offchain.signing import LocalSigner
     from offchain.store.sqlite import SQLiteStore
@@ -111,6 +111,7 @@ def broker_process(pipe: Pipe, rpc_url: str, adjudicator: str, token: str, marke
         broker = BrokerAgent(
             LocalSigner(BROKER_KEY), store, rpc_chain(rpc_url), Address(adjudicator), Address(token), config
         )
+        freeze_loaded_heap()  # as `tchan broker` does once its store is loaded
         await broker.start()
         pipe.send(("port", broker.port))
         profiler = cProfile.Profile()

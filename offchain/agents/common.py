@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import threading
@@ -41,6 +42,16 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     the agents' processes (broker, trader, watchtower) and the load generator run in."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
+
+
+def freeze_loaded_heap() -> None:
+    """Take every object alive now out of the cyclic garbage collector's scans (``gc.freeze``),
+    after a collection. An agent's process calls it once it has loaded its store: a broker holds
+    the channels it loaded for its whole life, and every full collection would otherwise walk
+    all of them again (about 15% of settling a batch that touches 10,000 channels). Reference
+    counting still frees them as usual; only cycles among them would stay."""
+    gc.collect()
+    gc.freeze()
 
 
 def login_text(broker: Address, nonce: bytes) -> bytes:

@@ -169,6 +169,7 @@ def parse_market(spec: str, index: int) -> tuple[int, str, int]:
 
 def broker_command(args: argparse.Namespace, broker_class: type[BrokerAgent] | None = None) -> int:
     from offchain.agents.broker import BrokerAgent, BrokerConfig
+    from offchain.agents.common import freeze_loaded_heap
     from offchain.model import Market
     from offchain.sandbox import DEFAULT_MAX_PRICE_AGE, DEFAULT_RISK_FACTOR
     from offchain.signing import LocalSigner
@@ -217,6 +218,7 @@ def broker_command(args: argparse.Namespace, broker_class: type[BrokerAgent] | N
         store = open_store(args.store)
         agent = broker_class or BrokerAgent
         broker = agent(LocalSigner(key), store, chain, deployment.adjudicator, deployment.token, config)
+        freeze_loaded_heap()  # its channels, loaded from the store, live as long as the process
         try:
             await broker.start()
             url = f"ws://{args.host}:{broker.port}"
