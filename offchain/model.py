@@ -15,6 +15,7 @@ JSON carries every amount as a decimal string; addresses as checksummed hex; byt
 
 from __future__ import annotations
 
+from binascii import a2b_hex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -489,6 +490,11 @@ class Balances:
 
     @classmethod
     def from_json(cls, data: object) -> Balances:
+        if cls is Balances and type(data) is dict:
+            try:
+                return _fast_balances(data)
+            except _NOT_FAST:
+                pass  # the detailed checks below say what is wrong
         obj = json_object(data, "balances")
         return cls(
             trader_available=TokenAmount(decimal_field(obj, "trader_available")),
@@ -560,6 +566,11 @@ class Order:
     @classmethod
     def from_json(cls, data: object, channel_id: bytes | None = None) -> Order:
         """The order in ``data``; if its channel id equals ``channel_id``, it holds that object."""
+        if cls is Order and type(data) is dict:
+            try:
+                return _fast_order(data, channel_id, None)
+            except _NOT_FAST:
+                pass  # the detailed checks below say what is wrong
         obj = json_object(data, "order")
         side = obj.get("side")
         if side not in ("buy", "sell"):
@@ -612,6 +623,11 @@ class OpenOrder:
 
     @classmethod
     def from_json(cls, data: object, channel_id: bytes | None = None) -> OpenOrder:
+        if cls is OpenOrder and type(data) is dict:
+            try:
+                return _fast_open_order(data, channel_id, None)
+            except _NOT_FAST:
+                pass  # the detailed checks below say what is wrong
         obj = json_object(data, "open_order")
         return cls(
             order=Order.from_json(obj.get("order"), channel_id),
@@ -653,6 +669,11 @@ class Outcome:
 
     @classmethod
     def from_json(cls, data: object) -> Outcome:
+        if cls is Outcome and type(data) is dict:
+            try:
+                return _fast_outcome(data)
+            except _NOT_FAST:
+                pass  # the detailed checks below say what is wrong
         obj = json_object(data, "outcome")
         return cls(
             position=SyntheticAmount(decimal_field(obj, "position")),
@@ -705,6 +726,11 @@ class ChannelState:
 
     @classmethod
     def from_json(cls, channel_id: ChannelId, is_final: bool, data: object) -> ChannelState:
+        if cls is ChannelState:
+            try:
+                return _fast_state(channel_id, is_final, data)
+            except _NOT_FAST:
+                pass  # the detailed checks below say what is wrong
         if not isinstance(data, list) or len(data) != 4:
             raise ValidationError("a state is the array [increment, balances, open_orders, outcomes]")
         version_raw, balances, orders, outcomes = data
@@ -881,7 +907,10 @@ def parse_decimal(raw: object, name: str) -> int:
 def decimal_field(obj: dict[str, Any], key: str) -> int:
     if key not in obj:
         raise ValidationError(f"missing field {key}")
-    return parse_decimal(obj[key], key)
+    raw = obj[key]
+    if type(raw) is str and raw.isdigit() and raw.isascii() and len(raw) <= 80 and (raw[0] != "0" or len(raw) == 1):
+        return int(raw)  # parse_decimal's common case, without the call
+    return parse_decimal(raw, key)
 
 
 def _address(obj: dict[str, Any], key: str) -> Address:
@@ -890,6 +919,11 @@ def _address(obj: dict[str, Any], key: str) -> Address:
 
 def hex_field(obj: dict[str, Any], key: str, length: int) -> bytes:
     raw = obj.get(key)
+    if type(raw) is str and len(raw) == 2 + 2 * length and raw[:2] == "0x":
+        try:
+            return a2b_hex(raw[2:])  # the common case; refuses what is not hex (fromhex skips spaces)
+        except ValueError:
+            pass  # not hex, or not ASCII: said below
     if not isinstance(raw, str) or not raw.startswith("0x") or len(raw) != 2 + 2 * length:
         raise ValidationError(f"{key} must be 0x-hex of {length} bytes")
     digits = raw[2:]
@@ -904,3 +938,159 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 def _check_bytes32(name: str, value: object) -> None:
     if not isinstance(value, bytes) or len(value) != 32:
         raise ValidationError(f"{name} must be 32 bytes")
+
+
+# --------------------------------------------------------------------------- fast paths
+#
+# Almost every input is valid and canonical: a parser above first tries the fast path below, which
+# recognises that case with few tests per field and builds the same objects as the detailed path
+# (same types, equal values, the state marked checked exactly when check_state would mark it).
+# Anything else, every invalid input included, raises one of _NOT_FAST inside the fast path, and
+# the detailed path parses the input again from the start: it alone refuses, so the errors and
+# their order stay its own. The fast path accepts a subset of what the detailed path accepts.
+
+
+class _NotFast(Exception):
+    """Not the common case: the detailed parser decides."""
+
+
+_NOT_FAST = (_NotFast, LookupError, TypeError, ValueError, ValidationError)
+
+
+def _nat(raw: object, high: int) -> Any:
+    """A canonical decimal string whose value is in [0, ``high``] (``high`` < 2^64)."""
+    if type(raw) is str:
+        value = _DECIMALS.get(raw)
+        if value is None:
+            value = _new_decimal(raw)
+        if 0 <= value <= high:
+            return value
+    raise _NotFast
+
+
+def _int(raw: object, bound: int) -> Any:
+    """A canonical decimal string whose value is in [-``bound``, ``bound``] (``bound`` < 2^64)."""
+    if type(raw) is str:
+        value = _DECIMALS.get(raw)
+        if value is None:
+            value = _new_decimal(raw)
+        if -bound <= value <= bound:
+            return value
+    raise _NotFast
+
+
+def _new_decimal(raw: str) -> int:
+    """The value of ``raw`` if it is a canonical decimal string of at most 20 digits, remembered.
+    Canonical: int() reads it and str() writes it back the same, so no '+', space, underscore,
+    leading zero, '-0' or non-ASCII digit (the short length keeps int() cheap)."""
+    if len(raw) <= 21:
+        value = int(raw)  # ValueError if it is no integer at all
+        if str(value) == raw:
+            if len(_DECIMALS) >= _SHARED_CACHE_SIZE:
+                _DECIMALS.clear()
+            _DECIMALS[raw] = value
+            return value
+    raise _NotFast
+
+
+_DECIMALS: dict[str, int] = {}
+"""Decimal strings met recently -> their values: most of a state's numbers repeat from one state to
+the next (deposits, zeros, an order's fields, batch numbers), and a look-up is cheaper than reading."""
+
+
+def _hex(raw: object, length: int) -> bytes:
+    """0x-hex of ``length`` bytes (a2b_hex raises ValueError on a non-hex or non-ASCII digit)."""
+    if type(raw) is str and len(raw) == 2 + 2 * length and raw[:2] == "0x":
+        return a2b_hex(raw[2:])
+    raise _NotFast
+
+
+def _addr(raw: object, name: str) -> Address:
+    return _ADDRESSES.get(raw) or check_address(name, raw)  # type: ignore[call-overload]
+
+
+def _fast_balances(obj: dict[str, Any]) -> Balances:
+    return Balances(
+        _int(obj["trader_available"], MAX_BALANCE),
+        _nat(obj["trader_locked"], MAX_BALANCE),
+        _int(obj["broker_available"], MAX_BALANCE),
+        _nat(obj["broker_locked"], MAX_BALANCE),
+        _nat(obj["trader_deposit"], MAX_BALANCE),
+        _nat(obj["broker_deposit"], MAX_BALANCE),
+    )
+
+
+def _fast_order(obj: dict[str, Any], channel_id: bytes | None, channel_hex: str | None) -> Order:
+    """Order.from_json's common case; ``channel_hex``: ``channel_id`` as lower-case 0x-hex, if known."""
+    side = obj["side"]
+    if side != "buy" and side != "sell":
+        raise _NotFast
+    raw_id = obj["channel_id"]
+    if channel_hex is not None and raw_id == channel_hex:
+        own = channel_id
+    else:
+        own = _hex(raw_id, 32)
+        if channel_id is not None and own == channel_id:
+            own = channel_id
+    return Order(
+        own,  # type: ignore[arg-type]
+        _addr(obj["trader"], "trader"),
+        _addr(obj["collateral"], "collateral"),
+        _nat(obj["market"], MAX_UINT32),
+        side == "buy",
+        _nat(obj["amount_synthetic"], MAX_AMOUNT),
+        _nat(obj["amount_collateral"], MAX_AMOUNT),
+        _nat(obj["max_fee"], MAX_AMOUNT),
+        _nat(obj["nonce"], MAX_AMOUNT),
+        _nat(obj["expiration"], MAX_UINT32),
+    )
+
+
+def _fast_open_order(obj: dict[str, Any], channel_id: bytes | None, channel_hex: str | None) -> OpenOrder:
+    order = obj["order"]
+    if type(order) is not dict:
+        raise _NotFast
+    return OpenOrder(
+        _fast_order(order, channel_id, channel_hex),
+        _hex(obj["signature"], 65),  # type: ignore[arg-type]
+        _nat(obj["filled"], MAX_AMOUNT),
+        _nat(obj["first_batch"], MAX_AMOUNT),
+    )
+
+
+def _fast_outcome(obj: dict[str, Any]) -> Outcome:
+    return Outcome(
+        _int(obj["position"], MAX_BALANCE), _nat(obj["fees"], MAX_BALANCE), _nat(obj["last_batch"], MAX_AMOUNT)
+    )
+
+
+def _fast_state(channel_id: ChannelId, is_final: bool, data: object) -> ChannelState:
+    """ChannelState.from_json's common case, marked checked as check_state marks it."""
+    if type(data) is not list or len(data) != 4 or type(is_final) is not bool:
+        raise _NotFast
+    version_raw, balances, orders, outcomes = data
+    if type(channel_id) is not bytes or len(channel_id) != 32 or type(balances) is not dict:
+        raise _NotFast
+    if type(orders) is not list or len(orders) > MAX_OPEN_ORDERS or type(outcomes) is not list:
+        raise _NotFast
+    channel_id = _CHANNEL_IDS.get(channel_id, channel_id)  # type: ignore[assignment]
+    version = _nat(version_raw, MAX_VERSION)
+    checked_balances = _fast_balances(balances)
+    open_orders: tuple[OpenOrder, ...] = ()
+    if orders:
+        channel_hex = "0x" + channel_id.hex()
+        for o in orders:
+            if type(o) is not dict:
+                raise _NotFast
+        open_orders = tuple(_fast_open_order(o, channel_id, channel_hex) for o in orders)
+    for o in outcomes:
+        if type(o) is not dict:
+            raise _NotFast
+    if all(o.get("position") == "0" and o.get("fees") == "0" and o.get("last_batch") == "0" for o in outcomes):
+        # what _outcomes makes of outcomes all equal to EMPTY_OUTCOME
+        shared = _shared(_OUTCOME_LISTS, tuple(EMPTY_OUTCOME for _ in outcomes))
+    else:
+        shared = tuple(_fast_outcome(o) for o in outcomes)
+    state = ChannelState(channel_id, version, checked_balances, open_orders, shared, is_final)
+    object.__setattr__(state, "_checked", True)  # what check_state finds (all of this module's types)
+    return state

@@ -453,7 +453,10 @@ def dumps(value: Any) -> str:
 def load_frame(raw: str | bytes) -> object:
     """The JSON value of one frame, within the size and nesting bounds; ProtocolError otherwise.
     (The frame checks of every wire format here: this one and the watchtower's.)"""
-    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
+    if isinstance(raw, str):  # an ASCII str (str.isascii() is O(1)) has as many bytes as characters
+        size = len(raw) if raw.isascii() else len(raw.encode("utf-8", "surrogatepass"))
+    else:
+        size = len(raw)
     if size > MAX_MESSAGE_BYTES:
         raise ProtocolError(INVALID_MESSAGE, f"message larger than {MAX_MESSAGE_BYTES} bytes")
     # Bound the nesting before the JSON parser recurses into it: every valid message has far

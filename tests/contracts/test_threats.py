@@ -192,7 +192,9 @@ def test_a_token_that_re_enters_a_challenge_during_a_deposit_is_refused(
         "challenge without state": ("challengeWithoutState", [header, authorization]),
     }
     name, args = calls[reentry]
-    w.sb.deployer.transactor.transact(token.functions.arm(adjudicator.address, adjudicator.contract.encode_abi(name, args)))
+    w.sb.deployer.transactor.transact(
+        token.functions.arm(adjudicator.address, adjudicator.contract.encode_abi(name, args))
+    )
 
     adjudicator.deposit(fast(w.broker), params, w.broker.address, 1_000 * USD)
 
