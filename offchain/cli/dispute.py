@@ -835,7 +835,9 @@ def evidence_command(args: argparse.Namespace) -> int:
         candidates = candidate_prices(s, state, args.market, args.batch)
         chosen = choose_evidence(s, state, known, candidates, now)
         if not chosen:
-            held = "; ".join(f"order {i}: batch {e.batch} at {e.price}" for i, e in sorted(known.items()))
+            held = "; ".join(
+                f"order {i}: batch {e.batch} at {s.units.short(e.price)}" for i, e in sorted(known.items())
+            )
             which = f"the price of market {args.market} batch {args.batch}" if args.market is not None else "no price"
             raise NothingToSubmitError(
                 f"{which} in the store crosses an open order of the registered version {state.version} "
@@ -863,8 +865,9 @@ def evidence_command(args: argparse.Namespace) -> int:
         lambda: "\n".join(
             [f"evidence for version {state.version} of channel {hex_id(s.channel_id)}:"]
             + [
-                f"  order {a['order_index']} (nonce {a['nonce']}, {a['side']} {a['amount']}) fills at "
-                f"{a['price']} from batch {a['batch']}: {a['collateral']} collateral, fee {a['fee']}"
+                f"  order {a['order_index']} (nonce {a['nonce']}, {a['side']} "
+                f"{s.synthetic(a['market'], a['amount'])}) fills at {s.units.short(a['price'])} from batch "
+                f"{a['batch']}: {s.units.short(a['collateral'])} collateral, fee {s.units.short(a['fee'])}"
                 for a in accepted
             ]
             + [f"  {tx_line(r)}" for r in results]
@@ -1142,7 +1145,7 @@ def prove_two_prices_command(args: argparse.Namespace) -> int:
         lambda: "\n".join(
             [
                 f"proved that broker {broker} signed two prices for market {result['market']} batch "
-                f"{result['batch']}: {first.price.price} and {second.price.price}",
+                f"{result['batch']}: {s.units.short(first.price.price)} and {s.units.short(second.price.price)}",
                 "  the broker is slashed: every channel of it now pays its trader everything "
                 "(take this one with `tchan conclude`)",
                 f"  {tx_line(result)}",
@@ -1225,7 +1228,7 @@ def prove_left_out_order_command(args: argparse.Namespace) -> int:
         lambda: "\n".join(
             [
                 f"proved with version {signed.state.version} that the broker left out order {index} "
-                f"(nonce {order.nonce}), crossed by batch {price.price.batch} at {price.price.price}",
+                f"(nonce {order.nonce}), crossed by batch {price.price.batch} at {s.units.short(price.price.price)}",
                 f"  the trader takes the channel: {s.units(result['to_trader'])} to {s.params.trader}",
                 f"  {tx_line(result)}",
             ]

@@ -416,7 +416,7 @@ def test_evidence_fills_an_open_order_at_the_earliest_crossing_batch(w: World) -
     assert earliest["submitted"] == [{"market": "1", "batch": "2", "price": str(dollars(1_995))}]
     assert w.adjudicator.evidence(c.params.channel_id, registered.state) == {0: Evidence(2, dollars(1_995))}
     line = w.fails("evidence", "--store", trader_db, code="nothing_to_submit", account=TRADER)
-    assert "order 0: batch 2 at 1995000000" in line
+    assert "order 0: batch 2 at 1995.00 tUSD" in line
     shown = w.ok("channel", "show", "--store", trader_db)
     assert shown["on_chain"]["evidence"] == [
         {"order_index": "0", "nonce": "1", "batch": "2", "price": str(dollars(1_995))}
