@@ -16,16 +16,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from offchain.agents import DEFAULT_DISPUTE_AFTER
 from offchain.cli.common import (
     ANVIL_CHAIN_ID,
-    DEV_ACCOUNTS,
+    MAX_DEV_ACCOUNTS,
     Output,
     add_key_args,
     add_network_args,
     connect,
-    dev_account_key,
     load_key,
     open_deployment,
 )
-from offchain.errors import ValidationError
+from offchain.errors import ChainError, ValidationError
 
 if TYPE_CHECKING:
     from offchain.agents.broker import BrokerAgent
@@ -129,7 +128,7 @@ def deploy_command(args: argparse.Namespace) -> int:
     written = write_deployment(network.deployments, deployment)
     minted = 0
     if args.mint:
-        with out.step(f"minting {args.mint} test-token base units to each of anvil's {DEV_ACCOUNTS} dev accounts"):
+        with out.step(f"minting {args.mint} test-token base units to each of the node's dev accounts"):
             minted = mint_to_dev_accounts(chain, sender, deployment.token, args.mint)
     out.result(
         {"network": network.name, "chain_id": chain.chain_id, "file": str(written), **deployment.to_json()},
@@ -143,17 +142,22 @@ def deploy_command(args: argparse.Namespace) -> int:
 
 
 def mint_to_dev_accounts(chain: Chain, sender: Transactor, token: Address, amount: int) -> int:
-    """Local anvil chains: give each of the dev accounts ``amount`` test tokens."""
-    from eth_account import Account
-
+    """Local anvil chains: give ``amount`` test tokens to each dev account the node funds (its
+    ``eth_accounts``: 10 by default, as many as ``tchan localnet --accounts`` asked for, at most
+    MAX_DEV_ACCOUNTS); returns how many."""
     from offchain.chain.client import TokenClient
+    from offchain.model import check_address
 
     if chain.chain_id != ANVIL_CHAIN_ID:
         raise ValidationError(f"--mint is for local anvil chains (chain id {ANVIL_CHAIN_ID})")
+    accounts = chain.w3.eth.accounts
+    if not isinstance(accounts, list | tuple):
+        raise ChainError(f"the node's eth_accounts is not a list: {str(accounts)[:80]}")
+    funded = [check_address("eth_accounts entry", a) for a in accounts[:MAX_DEV_ACCOUNTS]]
     client = TokenClient(chain, token)
-    for n in range(DEV_ACCOUNTS):
-        client.mint(sender, Account.from_key(dev_account_key(n)).address, amount)
-    return DEV_ACCOUNTS
+    for address in funded:
+        client.mint(sender, address, amount)
+    return len(funded)
 
 
 # --------------------------------------------------------------------------- broker

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from offchain.chain.client import PriceFeedClient
+from offchain.chain.client import PriceFeedClient, TokenClient
 from offchain.chain.connection import Chain, rpc_chain
 from offchain.chain.deploy import load_deployment
 from offchain.cli import build_parser, main
@@ -34,6 +34,7 @@ from offchain.cli.common import ANVIL_MNEMONIC, dev_account_key
 from offchain.cli.oracle import MAX_ANSWER, format_price, load_price_file, parse_price, random_walk
 from offchain.errors import ValidationError
 from offchain.localnet import ANVIL_CHAIN_ID, Anvil, free_port, port_in_use
+from offchain.types import Address
 from tests.cli_helpers import TCHAN, tchan, tchan_process
 
 from .trading_helpers import FEEDS, NETWORK, Processes, dev_address
@@ -201,6 +202,30 @@ def test_localnet_json_with_state_stops_on_sigterm_and_keeps_the_chain(tmp_path:
     second = run_once()  # the block mined in the first run was written to --state and loaded again
     assert second["block_seen"] == first["block_seen"] + 1
     assert not port_in_use(port) and anvil_processes_on(port) == []
+
+
+@pytest.mark.anvil
+def test_every_account_localnet_funds_takes_dev_account_and_gets_minted_tokens(tmp_path: Path) -> None:
+    """``tchan localnet --accounts 12``: ``--dev-account 11`` deploys, and ``deploy --mint`` gives
+    each of the 12 funded accounts the test token (not only the first 10)."""
+    port = free_port()
+    with (tmp_path / "out").open("wb") as o, (tmp_path / "err").open("wb") as e:
+        proc = subprocess.Popen([TCHAN, "localnet", "--port", str(port), "--accounts", "12"], stdout=o, stderr=e)
+    try:
+        wait_for_line((tmp_path / "out").read_text, lambda line: line == "press Ctrl-C to stop", proc)
+        assert "use them with --dev-account N (0 to 11)" in (tmp_path / "out").read_text()
+        rpc = f"http://127.0.0.1:{port}"
+        deployments = tmp_path / "deployments"
+        run = tchan(
+            "deploy", "--rpc", rpc, "--network", NETWORK, "--deployments", str(deployments),
+            "--dev-account", "11", "--mint", "5", "--json",
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        token = TokenClient(rpc_chain(rpc), load_deployment(deployments, NETWORK).token)
+        assert [token.balance_of(Address(dev_address(n))) for n in range(12)] == [5] * 12
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
 
 
 @pytest.mark.anvil
